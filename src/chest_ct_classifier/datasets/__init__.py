@@ -1,0 +1,1 @@
+"""Custom Kedro datasets for what kedro-datasets and kedro-mlflow do not cover."""

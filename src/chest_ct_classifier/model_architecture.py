@@ -1,0 +1,124 @@
+"""The classifier's architecture: Keras VGG16 convolution base, frozen, plus a small new head.
+
+The model is one flat chain of layers (VGG16's ``block*`` layers, then ``head_*`` layers), so it
+can be cut at any layer: training runs the frozen part once per image and trains only what
+follows the cut on cached activations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+
+from chest_ct_classifier.labels import LABELS
+
+# Output of the convolution base: the frozen part ends here and the head begins.
+FEATURE_LAYER = "block5_pool"
+VGG16_CONV_LAYERS: tuple[str, ...] = (
+    "block1_conv1",
+    "block1_conv2",
+    "block2_conv1",
+    "block2_conv2",
+    "block3_conv1",
+    "block3_conv2",
+    "block3_conv3",
+    "block4_conv1",
+    "block4_conv2",
+    "block4_conv3",
+    "block5_conv1",
+    "block5_conv2",
+    "block5_conv3",
+)
+
+ConvWeights = Sequence[tuple[np.ndarray, np.ndarray]]
+
+
+def build_classifier(
+    image_size: int,
+    conv_weights: ConvWeights | None,
+    pooling: str = "avg",
+    normalize: bool = True,
+    dense_units: int = 256,
+    dropout: float = 0.3,
+    seed: int = 42,
+) -> keras.Model:
+    """VGG16 convolution base (frozen) with a new head for the four classes.
+
+    Args:
+        image_size: input height and width in pixels (at least 32).
+        conv_weights: the 13 (kernel, bias) pairs of VGG16's convolutions in block order, or
+            None for random initialization.
+        pooling: ``avg`` (global average pooling) or ``flatten`` to turn the 7x7x512 feature map
+            into a vector.
+        normalize: batch-normalize the pooled features. VGG16 activations span several orders
+            of magnitude; without this the head trains poorly (on the real valid split: 0.47
+            accuracy without, 0.79 with, same head and epochs).
+        dense_units: width of a hidden dense layer in the head; 0 for none.
+        dropout: dropout rate before each dense layer of the head.
+        seed: seed for the head's initializers and dropout.
+    """
+    if image_size < 32:
+        raise ValueError(f"image_size must be at least 32 for VGG16, got {image_size}")
+    keras.utils.set_random_seed(seed)
+    base = keras.applications.VGG16(
+        include_top=False, weights=None, input_shape=(image_size, image_size, 3)
+    )
+    if conv_weights is not None:
+        set_conv_weights(base, conv_weights)
+    base.trainable = False
+
+    x = base.output
+    if pooling == "avg":
+        x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
+    elif pooling == "flatten":
+        x = keras.layers.Flatten(name="head_pool")(x)
+    else:
+        raise ValueError(f"pooling must be 'avg' or 'flatten', got {pooling!r}")
+    if normalize:
+        x = keras.layers.BatchNormalization(name="head_norm")(x)
+    if dense_units > 0:
+        x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout_hidden")(x)
+        x = keras.layers.Dense(dense_units, activation="relu", name="head_hidden")(x)
+    x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
+    outputs = keras.layers.Dense(len(LABELS), activation="softmax", name="head_output")(x)
+    return keras.Model(base.input, outputs, name="vgg16_chest_ct")
+
+
+def set_conv_weights(model: keras.Model, conv_weights: ConvWeights) -> None:
+    """Load the 13 VGG16 convolution (kernel, bias) pairs into the model's block layers."""
+    if len(conv_weights) != len(VGG16_CONV_LAYERS):
+        raise ValueError(
+            f"expected {len(VGG16_CONV_LAYERS)} VGG16 convolutions, got {len(conv_weights)}"
+        )
+    for name, (kernel, bias) in zip(VGG16_CONV_LAYERS, conv_weights, strict=True):
+        layer = model.get_layer(name)
+        expected = tuple(layer.kernel.shape)
+        if tuple(kernel.shape) != expected:
+            raise ValueError(f"{name}: kernel shape {kernel.shape}, VGG16 expects {expected}")
+        layer.set_weights([kernel, bias])
+
+
+def image_size_of(model: keras.Model) -> int:
+    """The square input size the model was built for."""
+    return int(model.input_shape[1])
+
+
+def feature_extractor(model: keras.Model, layer_name: str = FEATURE_LAYER) -> keras.Model:
+    """The part of the model up to and including ``layer_name`` (shares the model's layers)."""
+    return keras.Model(model.input, model.get_layer(layer_name).output)
+
+
+def model_after(model: keras.Model, layer_name: str = FEATURE_LAYER) -> keras.Model:
+    """The part of the model after ``layer_name``, taking that layer's output as its input.
+
+    The layers are shared with ``model``: training this part trains the whole model's layers.
+    """
+    boundary = model.get_layer(layer_name)
+    following = model.layers[model.layers.index(boundary) + 1 :]
+    inputs = keras.Input(shape=tuple(boundary.output.shape[1:]), name=f"{layer_name}_activations")
+    x = inputs
+    for layer in following:
+        x = layer(x)
+    return keras.Model(inputs, x, name=f"after_{layer_name}")

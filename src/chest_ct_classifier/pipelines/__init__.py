@@ -1,0 +1,1 @@
+"""Kedro pipelines, one folder each; registered by find_pipelines."""

@@ -1,0 +1,36 @@
+"""Evaluation: metrics and plots to data/08_reporting and MLflow; the model registered."""
+
+from kedro.pipeline import Pipeline, node, pipeline
+
+from .nodes import (
+    evaluate_classifier,
+    metrics_for_mlflow,
+    model_for_registry,
+    plot_confusion_matrices,
+)
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return pipeline(
+        [
+            node(
+                evaluate_classifier,
+                inputs=["trained_model", "frozen_features", "weights_info", "params:evaluation"],
+                outputs="metrics",
+                name="evaluate_classifier",
+            ),
+            node(metrics_for_mlflow, "metrics", "mlflow_metrics", name="metrics_for_mlflow"),
+            node(
+                plot_confusion_matrices,
+                "metrics",
+                "confusion_matrix_plot",
+                name="plot_confusion_matrices",
+            ),
+            node(
+                model_for_registry,
+                "trained_model",
+                "registered_model",
+                name="register_model",
+            ),
+        ]
+    )

@@ -1,0 +1,73 @@
+"""Image bytes to model input: the one preprocessing path for training, evaluation and serving.
+
+The same bytes give the same tensor wherever they enter: the training pipeline, batch inference
+and the web app all call :func:`preprocess_image_bytes`.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Caffe-style VGG16 scaling, as keras.applications.vgg16.preprocess_input: RGB -> BGR, then
+# subtract the ImageNet channel means. Written out so that serving does not import Keras for it.
+_VGG16_BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype=np.float32)
+
+
+class UnreadableImageError(ValueError):
+    """The bytes are not an image this project can read (corrupt, truncated, wrong type)."""
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Decode image bytes of any common format and mode into an 8-bit RGB image.
+
+    The format is detected from the content, not a file name, so a JPEG named ``.png`` reads.
+    RGBA is composited on black (the CT background); greyscale is replicated to three channels;
+    16-bit and float greyscale are rescaled to 0-255 by their own range.
+    """
+    if not data:
+        raise UnreadableImageError("empty file")
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise UnreadableImageError(f"not a readable image: {exc}") from exc
+    except Image.DecompressionBombError as exc:
+        raise UnreadableImageError(str(exc)) from exc
+    image = ImageOps.exif_transpose(image)
+    return _to_rgb(image)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        pixels = np.asarray(image, dtype=np.float32)
+        low, high = float(pixels.min()), float(pixels.max())
+        scaled = (pixels - low) / (high - low) * 255.0 if high > low else np.zeros_like(pixels)
+        image = Image.fromarray(scaled.round().astype(np.uint8), mode="L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def image_to_array(image: Image.Image, image_size: int) -> np.ndarray:
+    """Resize an RGB image to ``image_size`` x ``image_size`` (bilinear); uint8 (H, W, 3)."""
+    resized = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.uint8)
+
+
+def scale_for_vgg16(rgb: np.ndarray) -> np.ndarray:
+    """VGG16 input scaling of uint8 RGB (..., 3): float32 BGR with the ImageNet means removed."""
+    return rgb[..., ::-1].astype(np.float32) - _VGG16_BGR_MEAN
+
+
+def preprocess_image_bytes(data: bytes, image_size: int) -> np.ndarray:
+    """Image bytes -> float32 model input of shape (image_size, image_size, 3).
+
+    Raises:
+        UnreadableImageError: the bytes cannot be decoded as an image.
+    """
+    return scale_for_vgg16(image_to_array(decode_image(data), image_size))

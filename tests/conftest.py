@@ -1,0 +1,44 @@
+"""Shared fixtures: the bundled sample of real images, and a tiny real model built from it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+for _variable, _value in (
+    ("KEDRO_DISABLE_TELEMETRY", "1"),
+    ("DO_NOT_TRACK", "1"),
+    ("MLFLOW_DISABLE_TELEMETRY", "true"),
+    ("TF_CPP_MIN_LOG_LEVEL", "2"),
+):
+    os.environ.setdefault(_variable, _value)
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_ROOT = PROJECT_ROOT / "data" / "01_raw" / "sample"
+FULL_ARCHIVE = PROJECT_ROOT.parent / "shared" / "data" / "chest-ct-scan.zip"
+
+
+@pytest.fixture(scope="session")
+def sample_root() -> Path:
+    return SAMPLE_ROOT
+
+
+@pytest.fixture(scope="session")
+def sample_images() -> dict[str, bytes]:
+    """Every bundled sample image, by path relative to the sample root."""
+    return {
+        p.relative_to(SAMPLE_ROOT).as_posix(): p.read_bytes()
+        for p in sorted(SAMPLE_ROOT.rglob("*"))
+        if p.suffix.lower() in {".png", ".jpg"}
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A real VGG16 classifier (HED weights) at 32 px: fast enough for unit tests."""
+    from chest_ct_classifier.model_architecture import build_classifier
+    from chest_ct_classifier.pretrained_weights import load_hed_conv_weights
+
+    return build_classifier(32, load_hed_conv_weights(), dense_units=16, seed=0)

@@ -1,0 +1,86 @@
+import pandas as pd
+import pytest
+
+from chest_ct_classifier.labels import LABELS
+from chest_ct_classifier.pipelines.data_ingestion.nodes import (
+    INDEX_COLUMNS,
+    index_images,
+    locate,
+    select_usable_images,
+)
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        (
+            "Data/train/adenocarcinoma_left.lower.lobe_T2_N0_M0_Ib/000000 (6).png",
+            ("train", "adenocarcinoma"),
+        ),
+        ("Data/test/large.cell.carcinoma/000108.png", ("test", "large_cell_carcinoma")),
+        ("Data/valid/normal/6 - Copy.png", ("valid", "normal")),
+        ("train/normal/extra/deeper/x.png", ("train", "normal")),
+        ("normal/x.png", (None, "normal")),
+        ("train/x.png", ("train", None)),
+    ],
+)
+def test_locate_finds_split_and_label(path, expected):
+    assert locate(path) == expected
+
+
+@pytest.fixture(scope="module")
+def indexed(sample_images):
+    files = {path: (lambda data=data: data) for path, data in sample_images.items()}
+    good = sample_images["Data/train/normal/n7.png"]
+    files["Data/train/normal/broken scan (2).png"] = lambda: good[:300]
+    files["Data/train/normal/notes.txt"] = lambda: b"hello"
+    files["Data/valid/normal/6 - Copy.png"] = lambda: good
+    return index_images(files, {"source": "sample"})
+
+
+def test_every_image_is_indexed_with_its_facts(indexed, sample_images):
+    index, _ = indexed
+    assert list(index.columns) == INDEX_COLUMNS
+    assert len(index) == len(sample_images) + 2
+    n7 = index.set_index("path").loc["Data/train/normal/n7.png"]
+    assert (n7["format"], n7["mode"], n7["label"], n7["split"]) == (
+        "JPEG",
+        "RGB",
+        "normal",
+        "train",
+    )
+    assert n7["readable"] and len(n7["sha256"]) == 64 and n7["width"] > 0
+    assert set(index["label"].dropna()) == set(LABELS)
+    assert set(index["split"]) == {"train", "valid", "test"}
+
+
+def test_unreadable_files_are_reported_not_raised(indexed):
+    index, summary = indexed
+    broken = index.set_index("path").loc["Data/train/normal/broken scan (2).png"]
+    assert not broken["readable"] and broken["error"]
+    assert [u["path"] for u in summary["unreadable"]] == ["Data/train/normal/broken scan (2).png"]
+    assert summary["skipped_non_images"] == ["Data/train/normal/notes.txt"]
+
+
+def test_summary_counts_usable_images_per_split_and_class(indexed, sample_images):
+    _, summary = indexed
+    assert summary["counts"]["train"] == {label: 8 for label in LABELS}
+    assert summary["counts"]["valid"]["normal"] == 4
+    assert summary["n_usable"] == len(sample_images) + 1
+
+
+def test_usable_images_keep_their_bytes_and_exclude_broken(indexed, sample_images):
+    index, _ = indexed
+    files = {p: (lambda d=d: d) for p, d in sample_images.items()}
+    files["Data/valid/normal/6 - Copy.png"] = lambda: b"copy"
+    usable = select_usable_images(files, index)
+    assert "Data/train/normal/broken scan (2).png" not in usable
+    assert usable["Data/train/normal/n7.png"] == sample_images["Data/train/normal/n7.png"]
+
+
+def test_no_training_images_is_a_clear_error():
+    index = pd.DataFrame(
+        [{"path": "test/normal/a.png", "split": "test", "label": "normal", "readable": True}]
+    )
+    with pytest.raises(ValueError, match="no readable, labelled training images"):
+        select_usable_images({"test/normal/a.png": lambda: b""}, index)

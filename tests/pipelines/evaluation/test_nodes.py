@@ -1,0 +1,53 @@
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+from chest_ct_classifier.labels import LABELS
+from chest_ct_classifier.pipelines.evaluation.nodes import (
+    evaluate_classifier,
+    metrics_for_mlflow,
+    plot_confusion_matrices,
+)
+
+WEIGHTS = {
+    "requested": "imagenet",
+    "used": "hed_bsds500",
+    "source": "x",
+    "fallback_reason": "offline",
+}
+
+
+@pytest.fixture(scope="module")
+def features():
+    rng = np.random.default_rng(0)
+    n = 12
+    return {
+        "features": rng.normal(size=(n, 1, 1, 512)).astype(np.float32),
+        "label": np.arange(n) % len(LABELS),
+        "split": np.array(["train"] * 4 + ["valid"] * 4 + ["test"] * 4),
+        "path": np.array([f"{i}.png" for i in range(n)]),
+    }
+
+
+def test_report_has_each_present_split_and_the_weights(tiny_model, features):
+    report = evaluate_classifier(tiny_model, features, WEIGHTS, {"batch_size": 3})
+    assert set(report["splits"]) == {"valid", "test"}
+    assert report["weights"]["used"] == "hed_bsds500"
+    assert report["splits"]["test"]["n_images"] == 4
+    assert np.sum(report["splits"]["valid"]["confusion_matrix"]) == 4
+
+
+def test_missing_test_split_is_skipped(tiny_model, features):
+    no_test = {**features, "split": np.array(["train"] * 8 + ["valid"] * 4)}
+    report = evaluate_classifier(tiny_model, no_test, WEIGHTS, {"batch_size": 3})
+    assert list(report["splits"]) == ["valid"]
+
+
+def test_mlflow_metrics_are_flat_scalars(tiny_model, features):
+    report = evaluate_classifier(tiny_model, features, WEIGHTS, {"batch_size": 3})
+    flat = metrics_for_mlflow(report)
+    assert flat["valid_accuracy"] == {"value": report["splits"]["valid"]["accuracy"], "step": 0}
+    assert "test_recall_squamous_cell_carcinoma" in flat
+    figure = plot_confusion_matrices(report)
+    assert len(figure.axes) == 2
+    plt.close(figure)

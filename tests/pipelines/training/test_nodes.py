@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+
+from chest_ct_classifier.labels import LABELS
+from chest_ct_classifier.pipelines.data_ingestion.nodes import index_images
+from chest_ct_classifier.pipelines.training.nodes import cache_frozen_features, train_classifier
+
+PARAMS = {"feature_batch_size": 8, "epochs": 3, "batch_size": 8, "learning_rate": 1e-3, "seed": 1}
+
+
+@pytest.fixture(scope="module")
+def features(sample_images, tiny_model):
+    files = {p: (lambda d=d: d) for p, d in sample_images.items()}
+    duplicate = "Data/valid/normal/copy of n7.png"
+    files[duplicate] = files["Data/train/normal/n7.png"]
+    index, _ = index_images(files, {"source": "sample"})
+    return cache_frozen_features(files, index, tiny_model, PARAMS)
+
+
+def test_features_are_cached_once_per_image_and_aligned(features, sample_images):
+    n = len(sample_images) + 1
+    assert features["features"].shape == (n, 1, 1, 512)  # 32 px input -> 1x1 after 5 pools
+    assert len(features["path"]) == len(features["label"]) == len(features["split"]) == n
+    paths = list(features["path"])
+    copy, original = (
+        paths.index("Data/valid/normal/copy of n7.png"),
+        paths.index("Data/train/normal/n7.png"),
+    )
+    np.testing.assert_array_equal(features["features"][copy], features["features"][original])
+    assert features["label"][copy] == LABELS.index("normal")
+
+
+def test_training_fits_the_head_only_and_reports_each_epoch(features, tiny_model):
+    before = {w.path: w.numpy().copy() for w in tiny_model.weights}
+    trained, history = train_classifier(features, tiny_model, PARAMS)
+
+    assert set(history) == {"train_loss", "train_accuracy", "valid_loss", "valid_accuracy"}
+    assert [item["step"] for item in history["train_loss"]] == [1, 2, 3]
+    after = {w.path: w.numpy() for w in trained.weights}
+    changed = {
+        path.split("/")[0] for path in before if not np.array_equal(before[path], after[path])
+    }
+    assert changed == {"head_norm", "head_hidden", "head_output"}
+    # the input model is left as it was
+    for w in tiny_model.weights:
+        np.testing.assert_array_equal(w.numpy(), before[w.path])
+
+
+def test_training_is_reproducible_with_a_seed(features, tiny_model):
+    _, first = train_classifier(features, tiny_model, PARAMS)
+    _, second = train_classifier(features, tiny_model, PARAMS)
+    assert first["train_loss"] == second["train_loss"]
+
+
+def test_no_training_split_is_an_error(features, tiny_model):
+    only_valid = {**features, "split": np.full(len(features["split"]), "valid")}
+    with pytest.raises(ValueError, match="no training images"):
+        train_classifier(only_valid, tiny_model, PARAMS)

@@ -1,0 +1,130 @@
+import http.server
+import socket
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from chest_ct_classifier.image_sources import (
+    SourceError,
+    extract_zip,
+    list_files,
+    materialize_source,
+)
+
+
+def _zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def test_folder_source_is_used_in_place(sample_root, tmp_path):
+    assert materialize_source(str(sample_root), tmp_path) == sample_root
+    files = list_files(sample_root)
+    assert "Data/test/normal" in {f.rsplit("/", 1)[0] for f in files}
+    assert not any(f.startswith(".") for f in files)
+
+
+def test_zip_source_is_extracted_once_with_archive_paths(tmp_path):
+    archive = _zip(tmp_path / "data.zip", {"Data/valid/normal/6 - Copy.png": b"x"})
+    root = materialize_source(str(archive), tmp_path / "work")
+    assert list_files(root) == ["Data/valid/normal/6 - Copy.png"]
+    marker = root / "Data" / "marker"
+    marker.write_text("kept")
+    assert materialize_source(str(archive), tmp_path / "work") == root  # reused, not re-extracted
+    assert marker.exists()
+
+
+def test_hidden_and_macos_junk_files_are_not_listed(tmp_path):
+    archive = _zip(
+        tmp_path / "a.zip",
+        {"train/normal/a.png": b"x", "__MACOSX/train/._a.png": b"x", "train/.DS_Store": b"x"},
+    )
+    assert list_files(materialize_source(str(archive), tmp_path / "w")) == ["train/normal/a.png"]
+
+
+@pytest.mark.parametrize(
+    ("member", "reason"),
+    [("../evil.png", "leaves the target"), ("/etc/evil.png", "absolute"), ("a/../../x", "leaves")],
+)
+def test_unsafe_members_are_rejected_and_nothing_is_written(tmp_path, member, reason):
+    archive = _zip(tmp_path / "evil.zip", {"ok.png": b"x", member: b"x"})
+    with pytest.raises(SourceError, match=reason):
+        extract_zip(archive, tmp_path / "out" / "extracted")
+    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "evil.png").exists()
+
+
+def test_symlink_members_are_rejected(tmp_path):
+    archive = tmp_path / "link.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        info = zipfile.ZipInfo("link.png")
+        info.external_attr = 0o120777 << 16  # S_IFLNK
+        zf.writestr(info, "/etc/passwd")
+    with pytest.raises(SourceError, match="symbolic link"):
+        extract_zip(archive, tmp_path / "out")
+
+
+def test_oversized_archives_are_rejected(tmp_path):
+    archive = _zip(tmp_path / "big.zip", {"a.png": b"0" * 5000})
+    with pytest.raises(SourceError, match="over the limit"):
+        extract_zip(archive, tmp_path / "out", max_uncompressed_bytes=1000)
+    with pytest.raises(SourceError, match="over the limit"):
+        extract_zip(archive, tmp_path / "out", max_members=0)
+
+
+def test_missing_source_and_broken_zip_say_why(tmp_path):
+    with pytest.raises(SourceError, match="not found"):
+        materialize_source(str(tmp_path / "nope.zip"), tmp_path)
+    broken = tmp_path / "broken.zip"
+    broken.write_bytes(_zip(tmp_path / "ok.zip", {"a.png": b"x" * 100}).read_bytes()[:-30])
+    with pytest.raises(SourceError):
+        extract_zip(broken, tmp_path / "out")
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A real HTTP server on loopback serving tmp_path/www."""
+    root = tmp_path / "www"
+    root.mkdir()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_url_source_is_downloaded_then_extracted(http_server, tmp_path):
+    root, base_url = http_server
+    _zip(root / "ct.zip", {"Data/train/normal/a b (1).png": b"img"})
+    work = tmp_path / "work"
+    extracted = materialize_source(f"{base_url}/ct.zip", work)
+    assert list_files(extracted) == ["Data/train/normal/a b (1).png"]
+    assert (work / "downloads" / "ct.zip").is_file()
+    assert not list((work / "downloads").glob("*.part"))
+
+
+def test_http_error_is_reported_and_leaves_no_partial_file(http_server, tmp_path):
+    _, base_url = http_server
+    with pytest.raises(SourceError, match="HTTP 404"):
+        materialize_source(f"{base_url}/missing.zip", tmp_path / "work")
+    assert not list((tmp_path / "work" / "downloads").iterdir())
+
+
+def test_unreachable_host_is_reported(tmp_path):
+    with socket.socket() as sock:  # a loopback port with nobody listening
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(SourceError, match="unreachable"):
+        materialize_source(f"http://127.0.0.1:{port}/ct.zip", tmp_path / "work", timeout_s=5)

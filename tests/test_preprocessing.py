@@ -1,0 +1,99 @@
+import io
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from chest_ct_classifier.preprocessing import (
+    UnreadableImageError,
+    decode_image,
+    preprocess_image_bytes,
+    scale_for_vgg16,
+)
+
+SIZE = 48
+
+
+def _encode(image: Image.Image, fmt: str = "PNG") -> bytes:
+    out = io.BytesIO()
+    image.save(out, format=fmt)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def real_rgb(sample_images) -> Image.Image:
+    path = next(p for p in sample_images if p.startswith("Data/train/adenocarcinoma"))
+    return Image.open(io.BytesIO(sample_images[path])).convert("RGB")
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "P", "I;16", "I", "F", "CMYK"])
+def test_every_image_mode_gives_the_same_shaped_float_tensor(real_rgb, mode):
+    image = (
+        real_rgb.convert("L").convert(mode)
+        if mode in ("I;16", "I", "F")
+        else real_rgb.convert(mode)
+    )
+    fmt = "TIFF" if mode in ("I", "F", "CMYK") else "PNG"
+    tensor = preprocess_image_bytes(_encode(image, fmt), SIZE)
+    assert tensor.shape == (SIZE, SIZE, 3)
+    assert tensor.dtype == np.float32
+    assert np.isfinite(tensor).all()
+
+
+def test_greyscale_becomes_three_equal_channels(real_rgb):
+    rgb = np.asarray(decode_image(_encode(real_rgb.convert("L"))))
+    assert rgb.shape[2] == 3
+    assert (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
+
+
+def test_sixteen_bit_greyscale_is_rescaled_not_clipped():
+    ramp = np.linspace(0, 4000, 64 * 64, dtype=np.uint16).reshape(64, 64)
+    rgb = np.asarray(decode_image(_encode(Image.fromarray(ramp))))
+    assert rgb.min() == 0 and rgb.max() == 255
+
+
+def test_opaque_rgba_equals_its_rgb(real_rgb):
+    from_rgba = preprocess_image_bytes(_encode(real_rgb.convert("RGBA")), SIZE)
+    from_rgb = preprocess_image_bytes(_encode(real_rgb), SIZE)
+    np.testing.assert_array_equal(from_rgba, from_rgb)
+
+
+def test_transparent_pixels_are_composited_on_black():
+    image = Image.new("RGBA", (8, 8), (255, 255, 255, 0))
+    assert np.asarray(decode_image(_encode(image))).max() == 0
+
+
+def test_jpeg_named_png_from_the_archive_is_read(sample_images):
+    data = sample_images["Data/train/normal/n7.png"]
+    assert Image.open(io.BytesIO(data)).format == "JPEG"
+    assert preprocess_image_bytes(data, SIZE).shape == (SIZE, SIZE, 3)
+
+
+def test_scaling_matches_keras_vgg16_preprocess_input():
+    rgb = np.random.default_rng(0).integers(0, 256, size=(2, 5, 5, 3), dtype=np.uint8)
+    expected = keras.applications.vgg16.preprocess_input(rgb.astype(np.float32))
+    np.testing.assert_allclose(scale_for_vgg16(rgb), expected, atol=1e-4)
+
+
+def test_same_bytes_give_the_same_tensor(sample_images):
+    data = next(iter(sample_images.values()))
+    np.testing.assert_array_equal(
+        preprocess_image_bytes(data, SIZE), preprocess_image_bytes(bytes(data), SIZE)
+    )
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"not an image at all", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40],
+    ids=["empty", "text", "png-signature-only"],
+)
+def test_unreadable_bytes_raise_a_clear_error(data):
+    with pytest.raises(UnreadableImageError):
+        preprocess_image_bytes(data, SIZE)
+
+
+def test_truncated_real_image_raises(sample_images):
+    data = next(iter(sample_images.values()))
+    with pytest.raises(UnreadableImageError):
+        preprocess_image_bytes(data[: len(data) // 2], SIZE)
