@@ -59,8 +59,9 @@ def test_kedro_viz_serves_every_pipeline(tmp_path):
             inference = json.load(response)
         assert "predict_images" in {n["name"] for n in inference["nodes"]}
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)
 
 
 def _mlflow_config(monkeypatch, uri: str | None) -> dict:

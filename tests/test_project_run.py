@@ -82,6 +82,12 @@ def test_default_run_leaves_model_metrics_and_plots(project):
         assert scores["n_images"] == 12
         assert 0.0 <= scores["accuracy"] <= 1.0 and 0.0 <= scores["macro_f1"] <= 1.0
         assert set(scores["per_class"]) == set(LABELS)
+    assert set(metrics["leak_free"]) == {"valid", "test"}
+    quality = json.loads((project / "data/08_reporting/data_quality.json").read_text())
+    assert quality["format_mismatches"] == [
+        {"path": "Data/train/normal/n7.png", "extension": ".png", "format": "JPEG"}
+    ]
+    assert "# Data quality report" in (project / "data/08_reporting/data_quality.md").read_text()
     index = pd.read_csv(project / "data/02_intermediate/image_index.csv")
     assert len(index) == 56 and index["readable"].all()
     assert "Data/train/normal/n7.png" in set(index["path"])
@@ -101,7 +107,8 @@ def test_mlflow_run_has_params_epoch_metrics_weights_tag_and_registered_model(pr
     assert len(client.get_metric_history(run.info.run_id, "epoch.valid_accuracy")) == 4
     assert "test_macro_f1" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"metrics.json", "confusion_matrix.png"} <= artifacts
+    assert {"metrics.json", "confusion_matrix.png", "data_quality.json"} <= artifacts
+    assert "valid_leak_free_accuracy" in run.data.metrics
     (version,) = client.search_model_versions("name='chest-ct-classifier'")
     assert version.run_id == run.info.run_id
     model = mlflow.keras.load_model(f"models:/chest-ct-classifier/{version.version}")

@@ -1,9 +1,13 @@
+import io
+
 import pandas as pd
 import pytest
+from PIL import Image
 
 from chest_ct_classifier.labels import LABELS
 from chest_ct_classifier.pipelines.data_ingestion.nodes import (
     INDEX_COLUMNS,
+    assess_data_quality,
     index_images,
     locate,
     select_usable_images,
@@ -84,3 +88,68 @@ def test_no_training_images_is_a_clear_error():
     )
     with pytest.raises(ValueError, match="no readable, labelled training images"):
         select_usable_images({"test/normal/a.png": lambda: b""}, index)
+
+
+@pytest.fixture(scope="module")
+def quality(sample_images):
+    """The sample plus crafted cases: a cross-split copy, a label conflict, a near copy."""
+    files = {path: (lambda data=data: data) for path, data in sample_images.items()}
+    n6 = sample_images["Data/train/normal/n6.jpg"]
+    files["Data/valid/normal/6 - Copy.png"] = lambda: sample_images["Data/train/normal/n7.png"]
+    files["Data/train/squamous.cell.carcinoma_x/sq2.png"] = lambda: n6
+    files["Data/train/large.cell.carcinoma_x/l4.png"] = lambda: n6
+    test_path = next(p for p in sample_images if p.startswith("Data/test/adenocarcinoma"))
+    near = io.BytesIO()
+    Image.open(io.BytesIO(sample_images[test_path])).convert("RGB").save(near, "JPEG", quality=85)
+    files["Data/test/adenocarcinoma/near copy.jpg"] = near.getvalue
+    params = {"source": "sample", "near_duplicate_max_distance": 2}
+    index, _ = index_images(files, params)
+    return assess_data_quality(index, params)
+
+
+def test_report_has_every_required_key(quality):
+    _, report, markdown = quality
+    required = {"counts", "exact_duplicate_groups", "near_duplicate_groups", "cross_split_groups",
+                "conflicting_labels", "unreadable", "format_mismatches"}  # fmt: skip
+    assert required <= set(report)
+    assert markdown.startswith("# Data quality report")
+    assert "`Data/valid/normal/6 - Copy.png`" in markdown
+
+
+def test_exact_copy_across_splits_is_leakage_and_not_leak_free(quality):
+    table, report, _ = quality
+    crossing = [g["files"] for g in report["cross_split_groups"]]
+    assert ["Data/train/normal/n7.png", "Data/valid/normal/6 - Copy.png"] in crossing
+    row = table.set_index("path").loc["Data/valid/normal/6 - Copy.png"]
+    assert row["copy_in_train"]
+    assert report["leak_free"]["valid"]["official"] == 13
+    assert report["leak_free"]["valid"]["leak_free"] == 12
+
+
+def test_files_with_two_labels_are_listed_and_flagged(quality):
+    table, report, _ = quality
+    (conflict,) = report["conflicting_labels"]
+    assert conflict["labels"] == ["large_cell_carcinoma", "normal", "squamous_cell_carcinoma"]
+    flagged = set(table.loc[table["label_conflict"], "path"])
+    assert flagged == set(conflict["files"])
+
+
+def test_near_copy_is_grouped_with_its_original_but_not_exact(quality):
+    _, report, _ = quality
+    near_files = [g["files"] for g in report["near_duplicate_groups"]]
+    assert any("Data/test/adenocarcinoma/near copy.jpg" in files for files in near_files)
+    exact_files = {f for g in report["exact_duplicate_groups"] for f in g["files"]}
+    assert "Data/test/adenocarcinoma/near copy.jpg" not in exact_files
+
+
+def test_jpegs_named_png_are_format_mismatches_and_real_jpgs_are_not(quality):
+    _, report, _ = quality
+    assert {m["path"] for m in report["format_mismatches"]} == {
+        "Data/train/normal/n7.png",
+        "Data/valid/normal/6 - Copy.png",
+        "Data/train/squamous.cell.carcinoma_x/sq2.png",
+        "Data/train/large.cell.carcinoma_x/l4.png",
+    }
+    assert {(m["extension"], m["format"]) for m in report["format_mismatches"]} == {
+        (".png", "JPEG")
+    }

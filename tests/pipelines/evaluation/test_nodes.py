@@ -26,6 +26,7 @@ def features():
         "label": np.arange(n) % len(LABELS),
         "split": np.array(["train"] * 4 + ["valid"] * 4 + ["test"] * 4),
         "path": np.array([f"{i}.png" for i in range(n)]),
+        "copy_in_train": np.array([False] * 4 + [True, False, False, False] + [False] * 4),
     }
 
 
@@ -35,12 +36,14 @@ def test_report_has_each_present_split_and_the_weights(tiny_model, features):
     assert report["weights"]["used"] == "hed_bsds500"
     assert report["splits"]["test"]["n_images"] == 4
     assert np.sum(report["splits"]["valid"]["confusion_matrix"]) == 4
+    assert report["leak_free"]["valid"]["n_images"] == 3
+    assert report["leak_free"]["test"]["n_images"] == 4
 
 
 def test_missing_test_split_is_skipped(tiny_model, features):
     no_test = {**features, "split": np.array(["train"] * 8 + ["valid"] * 4)}
     report = evaluate_classifier(tiny_model, no_test, WEIGHTS, {"batch_size": 3})
-    assert list(report["splits"]) == ["valid"]
+    assert list(report["splits"]) == ["valid"] == list(report["leak_free"])
 
 
 def test_mlflow_metrics_are_flat_scalars(tiny_model, features):
@@ -48,6 +51,7 @@ def test_mlflow_metrics_are_flat_scalars(tiny_model, features):
     flat = metrics_for_mlflow(report)
     assert flat["valid_accuracy"] == {"value": report["splits"]["valid"]["accuracy"], "step": 0}
     assert "test_recall_squamous_cell_carcinoma" in flat
+    assert "valid_leak_free_macro_f1" in flat
     figure = plot_confusion_matrices(report)
-    assert len(figure.axes) == 2
+    assert len(figure.axes) == 4
     plt.close(figure)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from chest_ct_classifier.labels import LABELS
-from chest_ct_classifier.pipelines.data_ingestion.nodes import index_images
+from chest_ct_classifier.pipelines.data_ingestion.nodes import assess_data_quality, index_images
 from chest_ct_classifier.pipelines.training.nodes import cache_frozen_features, train_classifier
 
 PARAMS = {"feature_batch_size": 8, "epochs": 3, "batch_size": 8, "learning_rate": 1e-3, "seed": 1}
@@ -13,12 +13,16 @@ def features(sample_images, tiny_model):
     files = {p: (lambda d=d: d) for p, d in sample_images.items()}
     duplicate = "Data/valid/normal/copy of n7.png"
     files[duplicate] = files["Data/train/normal/n7.png"]
-    index, _ = index_images(files, {"source": "sample"})
-    return cache_frozen_features(files, index, tiny_model, PARAMS)
+    conflict = "Data/train/adenocarcinoma_left.lower.lobe_T2_N0_M0_Ib/same as n6.jpg"
+    files[conflict] = files["Data/train/normal/n6.jpg"]
+    params = {"source": "sample", "near_duplicate_max_distance": 2}
+    index, _ = index_images(files, params)
+    table, _, _ = assess_data_quality(index, params)
+    return cache_frozen_features(files, table, tiny_model, PARAMS)
 
 
 def test_features_are_cached_once_per_image_and_aligned(features, sample_images):
-    n = len(sample_images) + 1
+    n = len(sample_images) + 2
     assert features["features"].shape == (n, 1, 1, 512)  # 32 px input -> 1x1 after 5 pools
     assert len(features["path"]) == len(features["label"]) == len(features["split"]) == n
     paths = list(features["path"])
@@ -28,6 +32,8 @@ def test_features_are_cached_once_per_image_and_aligned(features, sample_images)
     )
     np.testing.assert_array_equal(features["features"][copy], features["features"][original])
     assert features["label"][copy] == LABELS.index("normal")
+    assert features["copy_in_train"][copy] and not features["label_conflict"][copy]
+    assert features["label_conflict"].sum() == 2  # n6.jpg and its copy under another label
 
 
 def test_training_fits_the_head_only_and_reports_each_epoch(features, tiny_model):

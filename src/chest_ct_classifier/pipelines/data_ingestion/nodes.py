@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
+from chest_ct_classifier.duplicates import near_duplicate_groups, perceptual_hash
 from chest_ct_classifier.image_sources import IMAGE_SUFFIXES
 from chest_ct_classifier.labels import LABELS, label_from_folder, split_from_folder
 from chest_ct_classifier.preprocessing import UnreadableImageError, decode_image
@@ -30,6 +31,7 @@ INDEX_COLUMNS = [
     "format",
     "readable",
     "error",
+    "phash",
 ]
 
 
@@ -72,13 +74,15 @@ def describe_image(path: str, data: bytes) -> dict[str, Any]:
         "format": None,
         "readable": False,
         "error": None,
+        "phash": None,
     }
     try:
         with Image.open(io.BytesIO(data)) as header:
             row.update(
                 width=header.width, height=header.height, mode=header.mode, format=header.format
             )
-        decode_image(data)  # the very decoding training and serving use
+        # the very decoding training and serving use
+        row["phash"] = perceptual_hash(decode_image(data))
         row["readable"] = True
     except (UnreadableImageError, OSError, ValueError) as exc:
         row["error"] = str(exc)
@@ -159,3 +163,155 @@ def select_usable_images(
             "<root>/train/<class>/..., with class folders named after the four labels"
         )
     return {path: image_files[path]() for path in usable["path"]}
+
+
+EXPECTED_FORMATS = {
+    ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP",
+    ".tif": "TIFF", ".tiff": "TIFF", ".gif": "GIF", ".webp": "WEBP",
+}  # fmt: skip
+IMAGE_TABLE_COLUMNS = [
+    "path", "split", "label", "sha256", "phash", "group", "copy_in_train", "label_conflict",
+]  # fmt: skip
+
+
+def _describe_groups(rows: pd.DataFrame, key: str) -> list[dict[str, Any]]:
+    return [
+        {
+            key: name if isinstance(name, str) else int(name),
+            "files": sorted(group["path"]),
+            "splits": sorted(group["split"].dropna().unique()),
+            "labels": sorted(group["label"].dropna().unique()),
+        }
+        for name, group in rows.groupby(key, sort=True)
+    ]
+
+
+def assess_data_quality(
+    image_index: pd.DataFrame, parameters: dict[str, Any]
+) -> tuple[pd.DataFrame, dict[str, Any], str]:
+    """Duplicates, near duplicates, leakage across splits, label conflicts, format mismatches.
+
+    Returns:
+        The image table (one row per usable image, with its near-duplicate ``group``, whether a
+        copy of it is in train, and whether its exact copies carry another label); the
+        data-quality report (JSON); and the same report as Markdown.
+    """
+    max_distance = int(parameters["near_duplicate_max_distance"])
+    readable = image_index[image_index["readable"]].copy()
+    readable["group"] = near_duplicate_groups(readable["phash"].tolist(), max_distance)
+
+    exact = readable[readable.duplicated("sha256", keep=False)]
+    distinct_per_group = readable.groupby("group")["sha256"].nunique()
+    near = readable[readable["group"].isin(distinct_per_group.index[distinct_per_group > 1])]
+    splits_per_group = readable.groupby("group")["split"].nunique()
+    crossing = readable[readable["group"].isin(splits_per_group.index[splits_per_group > 1])]
+    labels_per_hash = readable.groupby("sha256")["label"].nunique()
+    conflicting = readable[readable["sha256"].isin(labels_per_hash.index[labels_per_hash > 1])]
+
+    train_paths_per_group = readable[readable["split"] == "train"].groupby("group")["path"]
+    train_members = train_paths_per_group.apply(set).to_dict()
+    readable["copy_in_train"] = [
+        bool(train_members.get(group, set()) - {path})
+        for group, path in zip(readable["group"], readable["path"], strict=True)
+    ]
+    readable["label_conflict"] = readable["sha256"].isin(conflicting["sha256"])
+
+    usable = readable[readable["label"].notna() & readable["split"].notna()]
+    image_table = usable[IMAGE_TABLE_COLUMNS].sort_values("path").reset_index(drop=True)
+
+    suffixes = image_index["path"].map(lambda p: PurePosixPath(p).suffix.lower())
+    expected = suffixes.map(EXPECTED_FORMATS)
+    mismatched = image_index[image_index["readable"] & (expected != image_index["format"])]
+
+    counts, leak_free = {}, {}
+    for split, rows in usable.groupby("split"):
+        counts[split] = {label: int((rows["label"] == label).sum()) for label in LABELS}
+        if split != "train":
+            clean = rows[~rows["copy_in_train"]]
+            leak_free[split] = {
+                "official": len(rows),
+                "leak_free": len(clean),
+                "per_class": {label: int((clean["label"] == label).sum()) for label in LABELS},
+            }
+    report = {
+        "parameters": {"near_duplicate_max_distance": max_distance},
+        "n_images": len(image_index),
+        "n_distinct_contents": int(readable["sha256"].nunique()),
+        "counts": counts,
+        "leak_free": leak_free,
+        "exact_duplicate_groups": _describe_groups(exact, "sha256"),
+        "near_duplicate_groups": _describe_groups(near, "group"),
+        "cross_split_groups": _describe_groups(crossing, "group"),
+        "conflicting_labels": _describe_groups(conflicting, "sha256"),
+        "unreadable": image_index.loc[~image_index["readable"], ["path", "error"]].to_dict(
+            "records"
+        ),
+        "format_mismatches": [
+            {"path": path, "extension": suffix, "format": fmt}
+            for path, suffix, fmt in zip(
+                mismatched["path"], suffixes[mismatched.index], mismatched["format"], strict=True
+            )
+        ],
+    }
+    logger.info(
+        "Data quality: %d files, %d distinct; %d exact-duplicate groups, %d near-duplicate "
+        "groups, %d groups across splits, %d conflicting-label groups, %d format mismatches",
+        report["n_images"], report["n_distinct_contents"],
+        len(report["exact_duplicate_groups"]), len(report["near_duplicate_groups"]),
+        len(report["cross_split_groups"]), len(report["conflicting_labels"]),
+        len(report["format_mismatches"]),
+    )  # fmt: skip
+    return image_table, report, render_data_quality_markdown(report)
+
+
+def _group_lines(groups: list[dict[str, Any]], limit: int = 50) -> list[str]:
+    lines = [
+        f"- {', '.join(f'`{f}`' for f in g['files'])} "
+        f"(splits: {', '.join(g['splits'])}; labels: {', '.join(g['labels'])})"
+        for g in groups[:limit]
+    ]
+    if len(groups) > limit:
+        lines.append(f"- ... and {len(groups) - limit} more (see data_quality.json)")
+    return lines or ["None."]
+
+
+def render_data_quality_markdown(report: dict[str, Any]) -> str:
+    """The data-quality report as a page a person reads."""
+    splits = list(report["counts"])
+    lines = [
+        "# Data quality report",
+        "",
+        f"{report['n_images']} image files, {report['n_distinct_contents']} distinct contents. "
+        f"Near duplicates: perceptual hashes at most "
+        f"{report['parameters']['near_duplicate_max_distance']} bits apart.",
+        "",
+        "## Usable images per split and class",
+        "",
+        "| class | " + " | ".join(splits) + " |",
+        "|---|" + "---|" * len(splits),
+    ]
+    for label in LABELS:
+        row = " | ".join(str(report["counts"][s][label]) for s in splits)
+        lines.append(f"| {label} | {row} |")
+    lines += ["", "## Leak-free evaluation subsets (no exact or near copy in train)", ""]
+    for split, numbers in report["leak_free"].items():
+        lines.append(
+            f"- {split}: {numbers['leak_free']} of {numbers['official']} images are leak-free "
+            f"({', '.join(f'{k}: {v}' for k, v in numbers['per_class'].items())})"
+        )
+    sections = [
+        ("Groups across splits (leakage)", "cross_split_groups"),
+        ("Files carrying two labels (dropped from training)", "conflicting_labels"),
+        ("Exact duplicate groups", "exact_duplicate_groups"),
+        ("Near-duplicate groups", "near_duplicate_groups"),
+    ]
+    for title, key in sections:
+        lines += ["", f"## {title}: {len(report[key])}", "", *_group_lines(report[key])]
+    lines += ["", f"## Unreadable files: {len(report['unreadable'])}", ""]
+    lines += [f"- `{u['path']}`: {u['error']}" for u in report["unreadable"]] or ["None."]
+    lines += ["", f"## Format does not match extension: {len(report['format_mismatches'])}", ""]
+    lines += [
+        f"- `{m['path']}`: {m['format']} content behind a `{m['extension']}` name"
+        for m in report["format_mismatches"]
+    ] or ["None."]
+    return "\n".join(lines) + "\n"

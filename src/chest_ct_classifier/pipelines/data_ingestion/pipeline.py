@@ -2,7 +2,7 @@
 
 from kedro.pipeline import Pipeline, node, pipeline
 
-from .nodes import index_images, select_usable_images
+from .nodes import assess_data_quality, index_images, select_usable_images
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -13,6 +13,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=["raw_images", "params:data_ingestion"],
                 outputs=["image_index", "ingestion_summary"],
                 name="index_images",
+            ),
+            node(
+                assess_data_quality,
+                inputs=["image_index", "params:data_ingestion"],
+                outputs=["image_table", "data_quality", "data_quality_report"],
+                name="assess_data_quality",
             ),
             node(
                 select_usable_images,

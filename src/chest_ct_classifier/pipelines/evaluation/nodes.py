@@ -21,63 +21,87 @@ logger = logging.getLogger(__name__)
 EVALUATED_SPLITS = ("valid", "test")
 
 
+def _predict(head: keras.Model, x: np.ndarray, batch_size: int) -> np.ndarray:
+    return np.concatenate(
+        [head.predict_on_batch(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    )
+
+
 def evaluate_classifier(
     model: keras.Model,
     features: dict[str, np.ndarray],
     weights_info: dict[str, Any],
     parameters: dict[str, Any],
 ) -> dict[str, Any]:
-    """Metrics of the trained model on each evaluated split present in the data.
+    """Metrics of the trained model on each evaluated split present in the data, on the official
+    split and on its leak-free subset (images with no exact or near copy in train).
 
     The trained head is applied to the cached output of the frozen base: the same computation
     as the whole model on the images, without running VGG16 again.
     """
     head = model_after(model, FEATURE_LAYER)
     batch_size = int(parameters["batch_size"])
-    report: dict[str, Any] = {"weights": weights_info, "splits": {}}
+    report: dict[str, Any] = {"weights": weights_info, "splits": {}, "leak_free": {}}
     for split in EVALUATED_SPLITS:
-        mask = features["split"] == split
-        if not mask.any():
+        in_split = features["split"] == split
+        if not in_split.any():
             logger.info("No %s images: %s metrics skipped", split, split)
             continue
-        x = features["features"][mask]
-        probabilities = np.concatenate(
-            [head.predict_on_batch(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
-        )
-        metrics = classification_metrics(features["label"][mask], probabilities)
-        report["splits"][split] = metrics
-        logger.info(
-            "%s: accuracy %.3f, macro-F1 %.3f, loss %.3f on %d images",
-            split,
-            metrics["accuracy"],
-            metrics["macro_f1"],
-            metrics["loss"],
-            metrics["n_images"],
-        )
+        probabilities = _predict(head, features["features"][in_split], batch_size)
+        labels = features["label"][in_split]
+        leak_free = ~features["copy_in_train"][in_split]
+        report["splits"][split] = classification_metrics(labels, probabilities)
+        if leak_free.any():
+            report["leak_free"][split] = classification_metrics(
+                labels[leak_free], probabilities[leak_free]
+            )
+        for subset in ("splits", "leak_free"):
+            if split in report[subset]:
+                metrics = report[subset][split]
+                logger.info(
+                    "%s%s: accuracy %.3f, macro-F1 %.3f, loss %.3f on %d images",
+                    split, " (leak-free)" if subset == "leak_free" else "",
+                    metrics["accuracy"], metrics["macro_f1"], metrics["loss"],
+                    metrics["n_images"],
+                )  # fmt: skip
     if not report["splits"]:
         raise ValueError("no valid or test images to evaluate on")
     return report
 
 
+def _evaluated(report: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(name for MLflow, title, metrics) of every evaluated subset."""
+    return [
+        (f"{split}{'_leak_free' if subset == 'leak_free' else ''}",
+         f"{split}{' leak-free' if subset == 'leak_free' else ''}", metrics)
+        for subset in ("splits", "leak_free")
+        for split, metrics in report[subset].items()
+    ]  # fmt: skip
+
+
 def metrics_for_mlflow(report: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Flat scalar metrics (``valid_accuracy``, ``test_f1_normal``, ...) for MLflow."""
+    """Flat scalar metrics (``valid_accuracy``, ``test_leak_free_macro_f1``, ...) for MLflow."""
     flat: dict[str, float] = {}
-    for split, metrics in report["splits"].items():
+    for name, _, metrics in _evaluated(report):
         for key in ("accuracy", "macro_f1", "loss"):
-            flat[f"{split}_{key}"] = metrics[key]
+            flat[f"{name}_{key}"] = metrics[key]
         for label, scores in metrics["per_class"].items():
             for key in ("precision", "recall", "f1"):
-                flat[f"{split}_{key}_{label}"] = scores[key]
+                flat[f"{name}_{key}_{label}"] = scores[key]
     return {name: {"value": float(value), "step": 0} for name, value in flat.items()}
 
 
 def plot_confusion_matrices(report: dict[str, Any]) -> plt.Figure:
-    """One confusion matrix per evaluated split, side by side (counts, rows = true class)."""
-    splits = list(report["splits"])
-    figure, axes = plt.subplots(1, len(splits), figsize=(6.5 * len(splits), 6), squeeze=False)
+    """One confusion matrix per evaluated subset (counts, rows = true class)."""
+    panels = _evaluated(report)
+    columns = min(2, len(panels))
+    rows = -(-len(panels) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(6.5 * columns, 6 * rows), squeeze=False)
     names = [DISPLAY_NAMES[label].replace(" ", "\n", 1) for label in LABELS]
-    for axis, split in zip(axes[0], splits, strict=True):
-        matrix = np.asarray(report["splits"][split]["confusion_matrix"])
+    for axis in axes.flat[len(panels) :]:
+        axis.axis("off")
+    for axis, (_, title, metrics) in zip(axes.flat, panels, strict=False):
+        matrix = np.asarray(metrics["confusion_matrix"])
         axis.imshow(matrix, cmap="Blues")
         for (row, column), count in np.ndenumerate(matrix):
             colour = "white" if count > matrix.max() / 2 else "black"
@@ -86,9 +110,8 @@ def plot_confusion_matrices(report: dict[str, Any]) -> plt.Figure:
         axis.set_yticks(range(len(LABELS)), names, fontsize=8)
         axis.set_xlabel("predicted")
         axis.set_ylabel("true")
-        metrics = report["splits"][split]
         axis.set_title(
-            f"{split} ({metrics['n_images']} images): accuracy {metrics['accuracy']:.2f}, "
+            f"{title} ({metrics['n_images']} images): accuracy {metrics['accuracy']:.2f}, "
             f"macro-F1 {metrics['macro_f1']:.2f}",
             fontsize=10,
         )

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 def cache_frozen_features(
     images: dict[str, Callable[[], bytes]],
-    image_index: pd.DataFrame,
+    image_table: pd.DataFrame,
     model: keras.Model,
     parameters: dict[str, Any],
 ) -> dict[str, np.ndarray]:
@@ -33,10 +33,11 @@ def cache_frozen_features(
     Byte-identical files (the archive holds many) are computed once and shared.
 
     Returns:
-        Arrays aligned by row: ``path``, ``split``, ``label`` (index into LABELS), ``sha256``
-        and ``features`` (N, h, w, 512) float32.
+        Arrays aligned by row: ``path``, ``split``, ``label`` (index into LABELS), ``sha256``,
+        ``copy_in_train`` and ``label_conflict`` (from the image table) and ``features``
+        (N, h, w, 512) float32.
     """
-    rows = image_index[image_index["path"].isin(list(images))].sort_values("path")
+    rows = image_table[image_table["path"].isin(list(images))].sort_values("path")
     extractor = feature_extractor(model, FEATURE_LAYER)
     image_size = image_size_of(model)
     batch_size = int(parameters["feature_batch_size"])
@@ -56,12 +57,15 @@ def cache_frozen_features(
         "split": rows["split"].to_numpy(dtype=str),
         "label": rows["label"].map(LABELS.index).to_numpy(dtype=np.int64),
         "sha256": rows["sha256"].to_numpy(dtype=str),
+        "copy_in_train": rows["copy_in_train"].to_numpy(dtype=bool),
+        "label_conflict": rows["label_conflict"].to_numpy(dtype=bool),
         "features": features,
     }
 
 
 def _split(features: dict[str, np.ndarray], split: str) -> tuple[np.ndarray, np.ndarray]:
-    mask = features["split"] == split
+    # Files whose exact copies carry another label teach nothing but noise.
+    mask = (features["split"] == split) & ~features["label_conflict"]
     return features["features"][mask], features["label"][mask]
 
 
@@ -102,6 +106,11 @@ def train_classifier(
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
+    dropped = features["path"][features["label_conflict"] & (features["split"] == "train")]
+    if len(dropped):
+        logger.warning(
+            "Not training on %d files with conflicting labels: %s", len(dropped), dropped
+        )
     x_train, y_train = _split(features, "train")
     x_valid, y_valid = _split(features, "valid")
     if len(x_train) == 0:

@@ -10,7 +10,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 cache_frozen_features,
-                inputs=["ingested_images", "image_index", "untrained_model", "params:training"],
+                inputs=["ingested_images", "image_table", "untrained_model", "params:training"],
                 outputs="frozen_features",
                 name="cache_frozen_features",
             ),
