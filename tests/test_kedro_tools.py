@@ -20,10 +20,16 @@ from chest_ct_classifier.settings import CONFIG_LOADER_ARGS
 from .conftest import PROJECT_ROOT
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _free_port(start: int = 4141) -> int:
+    """A free loopback port below 49152: kedro viz refuses ports in the ephemeral range."""
+    for port in range(start, start + 500):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port")
 
 
 @pytest.mark.slow
