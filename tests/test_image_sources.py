@@ -11,6 +11,7 @@ from chest_ct_classifier.image_sources import (
     extract_zip,
     list_files,
     materialize_source,
+    sha256_of_file,
 )
 
 
@@ -87,13 +88,34 @@ def test_missing_source_and_broken_zip_say_why(tmp_path):
 
 @pytest.fixture
 def http_server(tmp_path):
-    """A real HTTP server on loopback serving tmp_path/www."""
+    """A real HTTP server on loopback serving tmp_path/www, with HTTP Range support.
+
+    A file named ``cut-<name>`` is sent with its full Content-Length but only its first half,
+    once, as a dropped connection would; later requests get the rest.
+    """
     root = tmp_path / "www"
     root.mkdir()
+    cut_once: set[str] = set()
 
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(root), **kwargs)
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            path = root / self.path.lstrip("/")
+            if not path.is_file():
+                self.send_error(404)
+                return
+            data = path.read_bytes()
+            start = 0
+            if (header := self.headers.get("Range", "")).startswith("bytes="):
+                start = int(header[len("bytes=") :].split("-")[0])
+            self.send_response(206 if start else 200)
+            self.send_header("Content-Length", str(len(data) - start))
+            self.end_headers()
+            body = data[start:]
+            if path.name.startswith("cut-") and path.name not in cut_once:
+                cut_once.add(path.name)
+                body = body[: len(body) // 2]
+                self.close_connection = True
+            self.wfile.write(body)
 
         def log_message(self, *args):
             pass
@@ -128,3 +150,39 @@ def test_unreachable_host_is_reported(tmp_path):
         port = sock.getsockname()[1]
     with pytest.raises(SourceError, match="unreachable"):
         materialize_source(f"http://127.0.0.1:{port}/ct.zip", tmp_path / "work", timeout_s=5)
+
+
+def test_checksum_is_verified_before_the_download_is_moved_in_place(http_server, tmp_path):
+    root, base_url = http_server
+    archive = _zip(root / "ct.zip", {"train/normal/a.png": b"img"})
+    digest = sha256_of_file(archive)
+    with pytest.raises(SourceError, match="checksum mismatch"):
+        materialize_source(f"{base_url}/ct.zip", tmp_path / "bad", sha256="0" * 64)
+    assert not list((tmp_path / "bad" / "downloads").iterdir())
+    extracted = materialize_source(f"{base_url}/ct.zip", tmp_path / "ok", sha256=digest.upper())
+    assert list_files(extracted) == ["train/normal/a.png"]
+
+
+def test_interrupted_download_says_so_keeps_no_final_file_and_resumes(http_server, tmp_path):
+    root, base_url = http_server
+    payload = {f"train/normal/{i}.png": bytes(range(256)) * 40 for i in range(20)}
+    archive = _zip(root / "cut-ct.zip", payload)
+    downloads = tmp_path / "work" / "downloads"
+    with pytest.raises(SourceError, match="run again to resume"):
+        materialize_source(f"{base_url}/cut-ct.zip", tmp_path / "work")
+    assert not (downloads / "cut-ct.zip").exists()
+    assert 0 < (downloads / "cut-ct.zip.part").stat().st_size < archive.stat().st_size
+
+    extracted = materialize_source(
+        f"{base_url}/cut-ct.zip", tmp_path / "work", sha256=sha256_of_file(archive)
+    )
+    assert (downloads / "cut-ct.zip").read_bytes() == archive.read_bytes()
+    assert not (downloads / "cut-ct.zip.part").exists()
+    assert len(list_files(extracted)) == 20
+
+
+def test_local_archive_with_wrong_checksum_is_refused(tmp_path):
+    archive = _zip(tmp_path / "ct.zip", {"train/normal/a.png": b"img"})
+    with pytest.raises(SourceError, match="checksum mismatch"):
+        materialize_source(str(archive), tmp_path / "work", sha256="f" * 64)
+    assert not (tmp_path / "work").exists()

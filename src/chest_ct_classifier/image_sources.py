@@ -41,19 +41,23 @@ def materialize_source(
     max_members: int = 100_000,
     max_uncompressed_bytes: int = 10 * 1024**3,
     timeout_s: float = 30.0,
+    sha256: str | None = None,
 ) -> Path:
     """Local path holding the source's files: the folder itself, or where its zip was extracted.
 
     A URL is downloaded to ``workdir/downloads``; a zip is extracted once to
     ``workdir/extracted/<name>-<sha256 prefix>`` and reused while its content is unchanged.
+    ``sha256``, when given, must match the downloaded or local archive.
     """
     workdir = Path(workdir)
     if is_url(source):
-        source_path = download(source, workdir / "downloads", timeout_s=timeout_s)
+        source_path = download(source, workdir / "downloads", timeout_s=timeout_s, sha256=sha256)
     else:
         source_path = Path(source).expanduser()
         if not source_path.exists():
             raise SourceError(f"data source not found: '{source}' (a folder, a .zip or a URL)")
+        if source_path.is_file():
+            verify_sha256(source_path, sha256)
     if source_path.is_dir():
         return source_path
     if zipfile.is_zipfile(source_path):
@@ -88,39 +92,70 @@ def sha256_of_file(path: Path, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def download(url: str, target_dir: Path, *, timeout_s: float = 30.0) -> Path:
-    """Download url into target_dir (with a progress bar), reusing a finished earlier download."""
+def verify_sha256(path: Path, expected: str | None) -> None:
+    """Raise SourceError when ``expected`` is given and the file's sha256 differs."""
+    if expected and sha256_of_file(path) != expected.lower():
+        raise SourceError(
+            f"checksum mismatch for {path.name}: expected sha256 {expected.lower()}, "
+            f"got {sha256_of_file(path)}"
+        )
+
+
+def download(
+    url: str, target_dir: Path, *, timeout_s: float = 30.0, sha256: str | None = None
+) -> Path:
+    """Download url into target_dir with a progress bar; verify it; only then move it in place.
+
+    The bytes go to ``<name>.part`` first. An interrupted download keeps that file, and the
+    next call resumes it (HTTP Range) when the server allows; a failed checksum or an HTTP
+    error removes it. A finished earlier download is reused after the same checksum check.
+    """
     name = Path(urlparse(url).path).name or "download.zip"
     target = target_dir / name
     if target.exists():
+        verify_sha256(target, sha256)
         logger.info("Reusing earlier download %s", target)
         return target
     target_dir.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".part")
-    logger.info("Downloading %s to %s", url, target)
+    offset = partial.stat().st_size if partial.exists() else 0
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    logger.info("Downloading %s to %s%s", url, target, f" (resuming at {offset})" if offset else "")
     try:
-        with requests.get(url, stream=True, timeout=timeout_s) as response:
+        with requests.get(url, stream=True, timeout=timeout_s, headers=headers) as response:
             response.raise_for_status()
-            total = int(response.headers.get("content-length", 0)) or None
+            if response.status_code != 206:  # the server ignored Range: start again
+                offset = 0
+            length = int(response.headers.get("content-length", 0))
+            total = offset + length if length else None
             with (
-                partial.open("wb") as out,
-                tqdm(total=total, unit="B", unit_scale=True, desc=name) as bar,
+                partial.open("ab" if offset else "wb") as out,
+                tqdm(total=total, initial=offset, unit="B", unit_scale=True, desc=name) as bar,
             ):
-                for chunk in response.iter_content(chunk_size=1 << 20):
+                for chunk in response.iter_content(chunk_size=1 << 16):
                     out.write(chunk)
                     bar.update(len(chunk))
-        if total is not None and partial.stat().st_size != total:
-            raise SourceError(
-                f"download of {url} is incomplete: {partial.stat().st_size} of {total} bytes"
-            )
     except requests.HTTPError as exc:
         partial.unlink(missing_ok=True)
         raise SourceError(f"download of {url} failed: HTTP {exc.response.status_code}") from exc
-    except requests.RequestException as exc:
-        partial.unlink(missing_ok=True)
+    except requests.ConnectionError as exc:
+        if partial.exists() and partial.stat().st_size > offset:
+            raise SourceError(
+                f"download of {url} was interrupted at {partial.stat().st_size} bytes "
+                f"({exc}); run again to resume"
+            ) from exc
         raise SourceError(f"cannot download {url}: host unreachable or no network ({exc})") from exc
-    except BaseException:
-        partial.unlink(missing_ok=True)
+    except requests.RequestException as exc:
+        raise SourceError(f"download of {url} failed: {exc}; run again to resume") from exc
+    if total is not None and partial.stat().st_size != total:
+        raise SourceError(
+            f"download of {url} is incomplete: {partial.stat().st_size} of {total} bytes; "
+            "run again to resume"
+        )
+    try:
+        verify_sha256(partial, sha256)
+    except SourceError:
+        partial.unlink()
         raise
     partial.replace(target)
     return target

@@ -20,7 +20,9 @@ class ImageSourceDataset(AbstractDataset[None, dict[str, Callable[[], bytes]]]):
     """Read-only: every file under ``source`` as ``{relative posix path: () -> bytes}``.
 
     ``source`` is a local folder, a local zip, a single file, or an http(s) URL to a zip. URLs
-    are downloaded and zips extracted (safely, once) under ``workdir``. Paths are relative to the
+    are downloaded and zips extracted (safely, once) under ``workdir``; an archive must match
+    ``sha256`` when one is given; archives over ``max_members`` files or
+    ``max_uncompressed_bytes`` are refused. Paths are relative to the
     folder or to the archive root, e.g. ``Data/valid/normal/6 - Copy.png``. Reading is lazy, like
     Kedro's PartitionedDataset: nodes call each reader when they need the bytes.
     """
@@ -32,6 +34,7 @@ class ImageSourceDataset(AbstractDataset[None, dict[str, Callable[[], bytes]]]):
         max_members: int = 100_000,
         max_uncompressed_bytes: int = 10 * 1024**3,
         timeout_s: float = 30.0,
+        sha256: str | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> None:
         self._source = str(source)
@@ -40,6 +43,7 @@ class ImageSourceDataset(AbstractDataset[None, dict[str, Callable[[], bytes]]]):
             "max_members": max_members,
             "max_uncompressed_bytes": max_uncompressed_bytes,
             "timeout_s": timeout_s,
+            "sha256": sha256,
         }
         self.metadata = metadata
 

@@ -13,6 +13,12 @@ from chest_ct_classifier.pipelines.data_ingestion.nodes import (
     select_usable_images,
 )
 
+PARAMS = {
+    "source": "sample",
+    "near_duplicate_max_distance": 2,
+    "split": {"mode": "auto", "ratios": {"train": 0.5, "valid": 0.25, "test": 0.25}, "seed": 0},
+}
+
 
 @pytest.mark.parametrize(
     ("path", "expected"),
@@ -75,17 +81,16 @@ def test_summary_counts_usable_images_per_split_and_class(indexed, sample_images
 
 def test_usable_images_keep_their_bytes_and_exclude_broken(indexed, sample_images):
     index, _ = indexed
+    table, _, _ = assess_data_quality(index, PARAMS)
     files = {p: (lambda d=d: d) for p, d in sample_images.items()}
     files["Data/valid/normal/6 - Copy.png"] = lambda: b"copy"
-    usable = select_usable_images(files, index)
+    usable = select_usable_images(files, table)
     assert "Data/train/normal/broken scan (2).png" not in usable
     assert usable["Data/train/normal/n7.png"] == sample_images["Data/train/normal/n7.png"]
 
 
 def test_no_training_images_is_a_clear_error():
-    index = pd.DataFrame(
-        [{"path": "test/normal/a.png", "split": "test", "label": "normal", "readable": True}]
-    )
+    index = pd.DataFrame([{"path": "test/normal/a.png", "split": "test", "label": "normal"}])
     with pytest.raises(ValueError, match="no readable, labelled training images"):
         select_usable_images({"test/normal/a.png": lambda: b""}, index)
 
@@ -102,9 +107,8 @@ def quality(sample_images):
     near = io.BytesIO()
     Image.open(io.BytesIO(sample_images[test_path])).convert("RGB").save(near, "JPEG", quality=85)
     files["Data/test/adenocarcinoma/near copy.jpg"] = near.getvalue
-    params = {"source": "sample", "near_duplicate_max_distance": 2}
-    index, _ = index_images(files, params)
-    return assess_data_quality(index, params)
+    index, _ = index_images(files, PARAMS)
+    return assess_data_quality(index, PARAMS)
 
 
 def test_report_has_every_required_key(quality):
@@ -153,3 +157,38 @@ def test_jpegs_named_png_are_format_mismatches_and_real_jpgs_are_not(quality):
     assert {(m["extension"], m["format"]) for m in report["format_mismatches"]} == {
         (".png", "JPEG")
     }
+
+
+def test_data_without_splits_is_resplit_keeping_copies_together(sample_images):
+    files = {}
+    for path, data in sample_images.items():
+        label_folder = path.split("/")[2]
+        files[f"images/{label_folder}/{path.rsplit('/', 1)[1]}"] = lambda d=data: d
+    n7 = sample_images["Data/train/normal/n7.png"]
+    copies = [f"images/normal/copy {i}.png" for i in range(3)]
+    for copy in copies:
+        files[copy] = lambda: n7
+    index, _ = index_images(files, PARAMS)
+    assert index["split"].isna().all()
+
+    table, report, _ = assess_data_quality(index, PARAMS)
+    assert report["split_source"] == "resplit"
+    assert len(table) == len(files)
+    assert set(table["split"]) == {"train", "valid", "test"}
+    copy_splits = table.set_index("path").loc[[*copies, "images/normal/n7.png"], "split"]
+    assert copy_splits.nunique() == 1
+    assert report["cross_split_groups"] == []
+    assert not table.loc[table["split"] != "train", "copy_in_train"].any()
+    again, _, _ = assess_data_quality(index, PARAMS)
+    pd.testing.assert_frame_equal(table, again)  # seeded: reproducible
+
+
+def test_official_split_is_kept_unless_resplit_is_asked(indexed):
+    index, _ = indexed
+    table, report, _ = assess_data_quality(index, PARAMS)
+    assert report["split_source"] == "official"
+    official = index.set_index("path").loc[table["path"], "split"].to_numpy()
+    assert (table["split"].to_numpy() == official).all()
+    resplit_params = {**PARAMS, "split": {**PARAMS["split"], "mode": "resplit"}}
+    _, resplit_report, _ = assess_data_quality(index, resplit_params)
+    assert resplit_report["split_source"] == "resplit"

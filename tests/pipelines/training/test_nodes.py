@@ -15,7 +15,11 @@ def features(sample_images, tiny_model):
     files[duplicate] = files["Data/train/normal/n7.png"]
     conflict = "Data/train/adenocarcinoma_left.lower.lobe_T2_N0_M0_Ib/same as n6.jpg"
     files[conflict] = files["Data/train/normal/n6.jpg"]
-    params = {"source": "sample", "near_duplicate_max_distance": 2}
+    params = {
+        "source": "sample",
+        "near_duplicate_max_distance": 2,
+        "split": {"mode": "official", "ratios": {"train": 1}, "seed": 0},
+    }
     index, _ = index_images(files, params)
     table, _, _ = assess_data_quality(index, params)
     return cache_frozen_features(files, table, tiny_model, PARAMS)

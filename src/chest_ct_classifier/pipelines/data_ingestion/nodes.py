@@ -16,6 +16,7 @@ from chest_ct_classifier.duplicates import near_duplicate_groups, perceptual_has
 from chest_ct_classifier.image_sources import IMAGE_SUFFIXES
 from chest_ct_classifier.labels import LABELS, label_from_folder, split_from_folder
 from chest_ct_classifier.preprocessing import UnreadableImageError, decode_image
+from chest_ct_classifier.splitting import grouped_split
 
 logger = logging.getLogger(__name__)
 
@@ -151,18 +152,16 @@ def index_images(
 
 
 def select_usable_images(
-    image_files: dict[str, Callable[[], bytes]], image_index: pd.DataFrame
+    image_files: dict[str, Callable[[], bytes]], image_table: pd.DataFrame
 ) -> dict[str, bytes]:
-    """The bytes of every readable image with a split and a label, keyed by archive path."""
-    usable = image_index[
-        image_index["readable"] & image_index["label"].notna() & image_index["split"].notna()
-    ]
-    if "train" not in set(usable["split"]):
+    """The bytes of every usable image (readable, labelled, in a split), keyed by archive path."""
+    if "train" not in set(image_table["split"]):
         raise ValueError(
             "no readable, labelled training images: expected folders like "
-            "<root>/train/<class>/..., with class folders named after the four labels"
+            "<root>/train/<class>/... or <root>/<class>/..., with class folders named after "
+            "the four labels"
         )
-    return {path: image_files[path]() for path in usable["path"]}
+    return {path: image_files[path]() for path in image_table["path"]}
 
 
 EXPECTED_FORMATS = {
@@ -172,6 +171,28 @@ EXPECTED_FORMATS = {
 IMAGE_TABLE_COLUMNS = [
     "path", "split", "label", "sha256", "phash", "group", "copy_in_train", "label_conflict",
 ]  # fmt: skip
+
+
+def _choose_splits(readable: pd.DataFrame, split: dict[str, Any]) -> tuple[pd.Series, str]:
+    """The official split, or a duplicate-grouped re-split (mode resplit, or auto without one)."""
+    mode = split["mode"]
+    if mode not in ("official", "resplit", "auto"):
+        raise ValueError(f"split.mode must be official, resplit or auto, got {mode!r}")
+    has_split = readable["split"].notna().any()
+    if mode == "official" or (mode == "auto" and has_split):
+        return readable["split"], "official"
+    labelled = readable["label"].notna()
+    resplit = pd.Series(None, index=readable.index, dtype=object)
+    resplit[labelled] = grouped_split(
+        readable.loc[labelled, "group"], readable.loc[labelled, "label"],
+        split["ratios"], int(split["seed"]),
+    )  # fmt: skip
+    logger.warning(
+        "Re-splitting %d images by duplicate group (ratios %s, seed %s)%s",
+        int(labelled.sum()), dict(split["ratios"]), split["seed"],
+        "" if mode == "resplit" else ": the data has no train/valid/test folders",
+    )  # fmt: skip
+    return resplit, "resplit"
 
 
 def _describe_groups(rows: pd.DataFrame, key: str) -> list[dict[str, Any]]:
@@ -199,6 +220,7 @@ def assess_data_quality(
     max_distance = int(parameters["near_duplicate_max_distance"])
     readable = image_index[image_index["readable"]].copy()
     readable["group"] = near_duplicate_groups(readable["phash"].tolist(), max_distance)
+    readable["split"], split_source = _choose_splits(readable, parameters["split"])
 
     exact = readable[readable.duplicated("sha256", keep=False)]
     distinct_per_group = readable.groupby("group")["sha256"].nunique()
@@ -234,7 +256,8 @@ def assess_data_quality(
                 "per_class": {label: int((clean["label"] == label).sum()) for label in LABELS},
             }
     report = {
-        "parameters": {"near_duplicate_max_distance": max_distance},
+        "parameters": {"near_duplicate_max_distance": max_distance, "split": parameters["split"]},
+        "split_source": split_source,
         "n_images": len(image_index),
         "n_distinct_contents": int(readable["sha256"].nunique()),
         "counts": counts,

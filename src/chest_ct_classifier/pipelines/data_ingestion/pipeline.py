@@ -22,7 +22,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 select_usable_images,
-                inputs=["raw_images", "image_index"],
+                inputs=["raw_images", "image_table"],
                 outputs="ingested_images",
                 name="select_usable_images",
             ),
