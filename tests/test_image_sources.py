@@ -1,5 +1,8 @@
 import http.server
+import os
 import socket
+import sys
+import types
 import threading
 import zipfile
 from pathlib import Path
@@ -186,3 +189,53 @@ def test_local_archive_with_wrong_checksum_is_refused(tmp_path):
     with pytest.raises(SourceError, match="checksum mismatch"):
         materialize_source(str(archive), tmp_path / "work", sha256="f" * 64)
     assert not (tmp_path / "work").exists()
+
+
+@pytest.fixture
+def fake_kaggle(monkeypatch, tmp_path):
+    """A stand-in for the Kaggle client module: the real one needs the network and an account."""
+    archive = _zip(tmp_path / "served.zip", {"Data/train/normal/a.png": b"img"})
+    calls = []
+
+    class KaggleApi:
+        def authenticate(self):
+            if "KAGGLE_KEY" not in os.environ:
+                raise OSError("Could not find kaggle.json")
+
+        def dataset_download_files(self, dataset, path, quiet, unzip):
+            calls.append(dataset)
+            (Path(path) / "chest-ctscan-images.zip").write_bytes(archive.read_bytes())
+
+    module = types.ModuleType("kaggle.api.kaggle_api_extended")
+    module.KaggleApi = KaggleApi
+    for name in ("kaggle", "kaggle.api"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "kaggle.api.kaggle_api_extended", module)
+    return calls
+
+
+def test_kaggle_source_downloads_once_with_credentials(fake_kaggle, monkeypatch, tmp_path):
+    monkeypatch.setenv("KAGGLE_KEY", "secret")
+    source = "kaggle://mohamedhanyyy/chest-ctscan-images"
+    root = materialize_source(source, tmp_path / "work")
+    assert list_files(root) == ["Data/train/normal/a.png"]
+    assert materialize_source(source, tmp_path / "work") == root
+    assert fake_kaggle == ["mohamedhanyyy/chest-ctscan-images"]
+    assert not list((tmp_path / "work" / "downloads").glob(".kaggle-*"))
+
+
+def test_kaggle_without_credentials_says_how_to_set_them(fake_kaggle, monkeypatch, tmp_path):
+    monkeypatch.delenv("KAGGLE_KEY", raising=False)
+    with pytest.raises(SourceError, match="KAGGLE_USERNAME and KAGGLE_KEY"):
+        materialize_source("kaggle://owner/data", tmp_path / "work")
+
+
+def test_kaggle_reference_must_name_owner_and_dataset(tmp_path):
+    with pytest.raises(SourceError, match="kaggle://owner/dataset"):
+        materialize_source("kaggle://just-a-name", tmp_path / "work")
+
+
+def test_kaggle_without_the_client_says_what_to_install(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "kaggle.api.kaggle_api_extended", None)  # import fails
+    with pytest.raises(SourceError, match="pip install kaggle"):
+        materialize_source("kaggle://owner/data", tmp_path / "work")

@@ -30,6 +30,9 @@ class SourceError(RuntimeError):
     """The data source cannot be fetched, read or safely extracted."""
 
 
+KAGGLE_PREFIX = "kaggle://"
+
+
 def is_url(source: str) -> bool:
     return urlparse(source).scheme in ("http", "https")
 
@@ -52,6 +55,8 @@ def materialize_source(
     workdir = Path(workdir)
     if is_url(source):
         source_path = download(source, workdir / "downloads", timeout_s=timeout_s, sha256=sha256)
+    elif source.startswith(KAGGLE_PREFIX):
+        source_path = download_kaggle(source, workdir / "downloads", sha256=sha256)
     else:
         source_path = Path(source).expanduser()
         if not source_path.exists():
@@ -158,6 +163,53 @@ def download(
         partial.unlink()
         raise
     partial.replace(target)
+    return target
+
+
+def download_kaggle(reference: str, target_dir: Path, *, sha256: str | None = None) -> Path:
+    """Download a Kaggle dataset (``kaggle://owner/name``) as a zip, with the user's credentials.
+
+    Needs the ``kaggle`` client (``pip install kaggle``) and credentials in
+    ``~/.kaggle/kaggle.json`` or ``KAGGLE_USERNAME``/``KAGGLE_KEY``.
+    """
+    dataset = reference[len(KAGGLE_PREFIX) :].strip("/")
+    if dataset.count("/") != 1 or not all(dataset.split("/")):
+        raise SourceError(f"Kaggle source must look like kaggle://owner/dataset, got {reference}")
+    target = target_dir / f"{dataset.replace('/', '__')}.zip"
+    if target.exists():
+        verify_sha256(target, sha256)
+        logger.info("Reusing earlier Kaggle download %s", target)
+        return target
+    try:
+        from kaggle.api.kaggle_api_extended import KaggleApi  # noqa: PLC0415 - optional
+    except ImportError as exc:
+        raise SourceError(
+            f"{reference} needs the Kaggle client: pip install kaggle "
+            "(and your credentials in ~/.kaggle/kaggle.json or KAGGLE_USERNAME/KAGGLE_KEY)"
+        ) from exc
+    api = KaggleApi()
+    try:
+        api.authenticate()
+    except Exception as exc:
+        raise SourceError(
+            f"Kaggle credentials missing or invalid ({exc}): put kaggle.json in ~/.kaggle "
+            "or set KAGGLE_USERNAME and KAGGLE_KEY"
+        ) from exc
+    target_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".kaggle-", dir=target_dir))
+    try:
+        api.dataset_download_files(dataset, path=str(staging), quiet=False, unzip=False)
+        archives = list(staging.glob("*.zip"))
+        if len(archives) != 1:
+            raise SourceError(f"Kaggle download of {dataset} gave no single zip: {archives}")
+        verify_sha256(archives[0], sha256)
+        archives[0].replace(target)
+    except SourceError:
+        raise
+    except Exception as exc:
+        raise SourceError(f"Kaggle download of {dataset} failed: {exc}") from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
