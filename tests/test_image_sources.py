@@ -2,8 +2,8 @@ import http.server
 import os
 import socket
 import sys
-import types
 import threading
+import types
 import zipfile
 from pathlib import Path
 
