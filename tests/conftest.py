@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,36 @@ for _variable, _value in (
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_ROOT = PROJECT_ROOT / "data" / "01_raw" / "sample"
 FULL_ARCHIVE = PROJECT_ROOT.parent / "shared" / "data" / "chest-ct-scan.zip"
+
+
+BIN = Path(sys.executable).parent  # the environment's console scripts: kedro, dvc, jupyter
+
+
+def run_tool(cwd: Path, tool: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """Run one of the environment's command-line tools as a user would; fail with its output.
+
+    Local MLflow tracking (a developer's MLFLOW_TRACKING_URI is dropped); telemetry off; the
+    environment's bin folder first on PATH (DVC stages call ``kedro``).
+    """
+    full_env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "KEDRO_DISABLE_TELEMETRY": "1",
+        "DO_NOT_TRACK": "1",
+        **env,
+    }
+    full_env.pop("MLFLOW_TRACKING_URI", None)
+    result = subprocess.run(
+        [str(BIN / tool), *args],
+        check=False,
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return result
 
 
 @pytest.fixture(scope="session")

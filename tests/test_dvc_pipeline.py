@@ -7,21 +7,18 @@ configuration (KEDRO_ENV=test) and a temporary local DVC remote.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from .conftest import PROJECT_ROOT
+from .conftest import PROJECT_ROOT, run_tool
 from .test_project_run import TEST_CONF
 
 pytestmark = pytest.mark.slow
 
-BIN = Path(sys.executable).parent
 COPIED = (
     "pyproject.toml",
     ".telemetry",
@@ -34,25 +31,7 @@ COPIED = (
 
 
 def _dvc(repo: Path, *args: str) -> str:
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",  # the stages call `kedro`
-        "KEDRO_ENV": "test",
-        "KEDRO_DISABLE_TELEMETRY": "1",
-        "DO_NOT_TRACK": "1",
-    }
-    env.pop("MLFLOW_TRACKING_URI", None)
-    result = subprocess.run(
-        [str(BIN / "dvc"), *args],
-        check=False,
-        cwd=repo,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    return result.stdout
+    return run_tool(repo, "dvc", *args, KEDRO_ENV="test").stdout
 
 
 def _md5(path: Path) -> str:

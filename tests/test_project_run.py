@@ -7,10 +7,8 @@ Runs in a temporary copy of the project (conf, bundled sample) with a small test
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -19,11 +17,10 @@ import pytest
 
 from chest_ct_classifier.labels import LABELS, probability_columns
 
-from .conftest import PROJECT_ROOT
+from .conftest import PROJECT_ROOT, run_tool
 
 pytestmark = pytest.mark.slow
 
-KEDRO = str(Path(sys.executable).with_name("kedro"))
 TEST_CONF = {
     "globals.yml": "vgg16_weights: hed_bsds500\n",
     "parameters.yml": (
@@ -34,19 +31,7 @@ TEST_CONF = {
 
 
 def _kedro(project: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    result = subprocess.run(
-        [KEDRO, *args],
-        check=False,
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    return result
+    return run_tool(project, "kedro", *args)
 
 
 @pytest.fixture(scope="module")
@@ -147,26 +132,11 @@ def test_inference_predicts_an_unseen_nested_folder_with_a_corrupt_file(project,
 
 def test_notebook_loads_metrics_and_predictions_from_the_catalog(project):
     shutil.copytree(PROJECT_ROOT / "notebooks", project / "notebooks", dirs_exist_ok=True)
-    jupyter = str(Path(sys.executable).with_name("jupyter"))
-    result = subprocess.run(
-        [
-            jupyter,
-            "nbconvert",
-            "--to",
-            "notebook",
-            "--execute",
-            "--output-dir",
-            str(project / "executed"),
-            "notebooks/explore_results.ipynb",
-        ],
-        check=False,
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "KEDRO_ENV": "test"},
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_tool(
+        project, "jupyter", "nbconvert", "--to", "notebook", "--execute",
+        "--output-dir", str(project / "executed"), "notebooks/explore_results.ipynb",
+        KEDRO_ENV="test",
+    )  # fmt: skip
     executed = json.loads((project / "executed" / "explore_results.ipynb").read_text())
     outputs = json.dumps([cell.get("outputs", []) for cell in executed["cells"]])
     assert "VGG16 weights used: hed_bsds500" in outputs
