@@ -68,6 +68,9 @@ def test_default_run_leaves_model_metrics_and_plots(project):
         assert 0.0 <= scores["accuracy"] <= 1.0 and 0.0 <= scores["macro_f1"] <= 1.0
         assert set(scores["per_class"]) == set(LABELS)
     assert set(metrics["leak_free"]) == {"valid", "test"}
+    assert metrics["calibration"]["fitted_on"] == "valid"
+    assert 0.0 <= metrics["splits"]["test"]["ece"] <= 1.0
+    assert (project / "data/08_reporting/reliability.png").stat().st_size > 1000
     quality = json.loads((project / "data/08_reporting/data_quality.json").read_text())
     assert quality["format_mismatches"] == [
         {"path": "Data/train/normal/n7.png", "extension": ".png", "format": "JPEG"}
@@ -94,6 +97,7 @@ def test_mlflow_run_has_params_epoch_metrics_weights_tag_and_registered_model(pr
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"metrics.json", "confusion_matrix.png", "data_quality.json"} <= artifacts
     assert "valid_leak_free_accuracy" in run.data.metrics
+    assert run.data.metrics["temperature"] > 0
     (version,) = client.search_model_versions("name='chest-ct-classifier'")
     assert version.run_id == run.info.run_id
     model = mlflow.keras.load_model(f"models:/chest-ct-classifier/{version.version}")

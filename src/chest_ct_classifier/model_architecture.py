@@ -122,3 +122,14 @@ def model_after(model: keras.Model, layer_name: str = FEATURE_LAYER) -> keras.Mo
     for layer in following:
         x = layer(x)
     return keras.Model(inputs, x, name=f"after_{layer_name}")
+
+
+def predict_from_features(
+    model: keras.Model, features: np.ndarray, batch_size: int, layer_name: str = FEATURE_LAYER
+) -> np.ndarray:
+    """Class probabilities of the whole model, from cached activations of ``layer_name``."""
+    after = model_after(model, layer_name)
+    return np.concatenate(
+        [after.predict_on_batch(features[i : i + batch_size])
+         for i in range(0, len(features), batch_size)]
+    )  # fmt: skip

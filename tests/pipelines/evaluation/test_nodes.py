@@ -7,6 +7,7 @@ from chest_ct_classifier.pipelines.evaluation.nodes import (
     evaluate_classifier,
     metrics_for_mlflow,
     plot_confusion_matrices,
+    plot_reliability_diagrams,
 )
 
 WEIGHTS = {
@@ -15,6 +16,8 @@ WEIGHTS = {
     "source": "x",
     "fallback_reason": "offline",
 }
+CALIBRATION = {"temperature": 2.0, "fitted_on": "valid", "n_images": 4}
+PARAMS = {"batch_size": 3, "calibration_bins": 15}
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +34,7 @@ def features():
 
 
 def test_report_has_each_present_split_and_the_weights(tiny_model, features):
-    report = evaluate_classifier(tiny_model, features, WEIGHTS, {"batch_size": 3})
+    report = evaluate_classifier(tiny_model, features, WEIGHTS, CALIBRATION, PARAMS)
     assert set(report["splits"]) == {"valid", "test"}
     assert report["weights"]["used"] == "hed_bsds500"
     assert report["splits"]["test"]["n_images"] == 4
@@ -42,16 +45,32 @@ def test_report_has_each_present_split_and_the_weights(tiny_model, features):
 
 def test_missing_test_split_is_skipped(tiny_model, features):
     no_test = {**features, "split": np.array(["train"] * 8 + ["valid"] * 4)}
-    report = evaluate_classifier(tiny_model, no_test, WEIGHTS, {"batch_size": 3})
+    report = evaluate_classifier(tiny_model, no_test, WEIGHTS, CALIBRATION, PARAMS)
     assert list(report["splits"]) == ["valid"] == list(report["leak_free"])
 
 
 def test_mlflow_metrics_are_flat_scalars(tiny_model, features):
-    report = evaluate_classifier(tiny_model, features, WEIGHTS, {"batch_size": 3})
+    report = evaluate_classifier(tiny_model, features, WEIGHTS, CALIBRATION, PARAMS)
     flat = metrics_for_mlflow(report)
     assert flat["valid_accuracy"] == {"value": report["splits"]["valid"]["accuracy"], "step": 0}
     assert "test_recall_squamous_cell_carcinoma" in flat
     assert "valid_leak_free_macro_f1" in flat
+    assert flat["temperature"]["value"] == 2.0
+    assert "test_leak_free_ece_uncalibrated" in flat
     figure = plot_confusion_matrices(report)
     assert len(figure.axes) == 4
     plt.close(figure)
+    figure = plot_reliability_diagrams(report)
+    assert len(figure.axes) == 2
+    plt.close(figure)
+
+
+def test_ece_before_calibration_is_computed_from_the_temperature(tiny_model, features):
+    report = evaluate_classifier(tiny_model, features, WEIGHTS, CALIBRATION, PARAMS)
+    unit = evaluate_classifier(
+        tiny_model, features, WEIGHTS, {**CALIBRATION, "temperature": 1.0}, PARAMS
+    )
+    valid = report["splits"]["valid"]
+    assert 0.0 <= valid["ece"] <= 1.0
+    assert unit["splits"]["valid"]["ece"] == unit["splits"]["valid"]["ece_uncalibrated"]
+    assert valid["ece"] == unit["splits"]["valid"]["ece"]  # same model, same probabilities

@@ -1,9 +1,15 @@
 import numpy as np
 import pytest
 
+from chest_ct_classifier.calibration import scale_probabilities
 from chest_ct_classifier.labels import LABELS
+from chest_ct_classifier.model_architecture import predict_from_features
 from chest_ct_classifier.pipelines.data_ingestion.nodes import assess_data_quality, index_images
-from chest_ct_classifier.pipelines.training.nodes import cache_frozen_features, train_classifier
+from chest_ct_classifier.pipelines.training.nodes import (
+    cache_frozen_features,
+    calibrate_classifier,
+    train_classifier,
+)
 
 PARAMS = {"feature_batch_size": 8, "epochs": 3, "batch_size": 8, "learning_rate": 1e-3, "seed": 1}
 
@@ -66,3 +72,22 @@ def test_no_training_split_is_an_error(features, tiny_model):
     only_valid = {**features, "split": np.full(len(features["split"]), "valid")}
     with pytest.raises(ValueError, match="no training images"):
         train_classifier(only_valid, tiny_model, PARAMS)
+
+
+def test_calibration_fits_on_valid_and_folds_the_temperature_into_the_model(features, tiny_model):
+    trained, _ = train_classifier(features, tiny_model, PARAMS)
+    calibrated, record = calibrate_classifier(trained, features, PARAMS)
+    assert record["fitted_on"] == "valid" and record["n_images"] == 13
+    assert record["nll_after"] <= record["nll_before"] + 1e-9
+    x = features["features"]
+    expected = scale_probabilities(predict_from_features(trained, x, 8), record["temperature"])
+    np.testing.assert_allclose(predict_from_features(calibrated, x, 8), expected, atol=1e-5)
+
+
+def test_without_valid_images_nothing_is_calibrated(features, tiny_model):
+    no_valid = {
+        **features,
+        "split": np.where(features["split"] == "valid", "test", features["split"]),
+    }
+    model, record = calibrate_classifier(tiny_model, no_valid, PARAMS)
+    assert model is tiny_model and record["temperature"] == 1.0 and record["fitted_on"] is None

@@ -12,57 +12,75 @@ matplotlib.use("Agg")  # headless: figures are written to files, never shown
 import matplotlib.pyplot as plt
 import numpy as np
 
+from chest_ct_classifier.calibration import (
+    expected_calibration_error,
+    reliability_bins,
+    scale_probabilities,
+)
 from chest_ct_classifier.labels import DISPLAY_NAMES, LABELS
 from chest_ct_classifier.metrics import classification_metrics
-from chest_ct_classifier.model_architecture import FEATURE_LAYER, model_after
+from chest_ct_classifier.model_architecture import predict_from_features
 
 logger = logging.getLogger(__name__)
 
 EVALUATED_SPLITS = ("valid", "test")
 
 
-def _predict(head: keras.Model, x: np.ndarray, batch_size: int) -> np.ndarray:
-    return np.concatenate(
-        [head.predict_on_batch(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
-    )
-
-
 def evaluate_classifier(
     model: keras.Model,
     features: dict[str, np.ndarray],
     weights_info: dict[str, Any],
+    calibration: dict[str, Any],
     parameters: dict[str, Any],
 ) -> dict[str, Any]:
     """Metrics of the trained model on each evaluated split present in the data, on the official
     split and on its leak-free subset (images with no exact or near copy in train).
 
     The trained head is applied to the cached output of the frozen base: the same computation
-    as the whole model on the images, without running VGG16 again.
+    as the whole model on the images, without running VGG16 again. The model serves
+    temperature-scaled probabilities; ``ece_uncalibrated`` is the ECE the same model had before.
     """
-    head = model_after(model, FEATURE_LAYER)
     batch_size = int(parameters["batch_size"])
-    report: dict[str, Any] = {"weights": weights_info, "splits": {}, "leak_free": {}}
+    n_bins = int(parameters["calibration_bins"])
+    temperature = float(calibration["temperature"])
+    report: dict[str, Any] = {
+        "weights": weights_info,
+        "calibration": calibration,
+        "splits": {},
+        "leak_free": {},
+        "reliability": {},
+    }
     for split in EVALUATED_SPLITS:
         in_split = features["split"] == split
         if not in_split.any():
             logger.info("No %s images: %s metrics skipped", split, split)
             continue
-        probabilities = _predict(head, features["features"][in_split], batch_size)
+        probabilities = predict_from_features(model, features["features"][in_split], batch_size)
+        uncalibrated = scale_probabilities(probabilities, 1.0 / temperature)
         labels = features["label"][in_split]
         leak_free = ~features["copy_in_train"][in_split]
-        report["splits"][split] = classification_metrics(labels, probabilities)
-        if leak_free.any():
-            report["leak_free"][split] = classification_metrics(
-                labels[leak_free], probabilities[leak_free]
+        for subset, mask in (("splits", slice(None)), ("leak_free", leak_free)):
+            if len(labels[mask]) == 0:
+                continue
+            metrics = classification_metrics(labels[mask], probabilities[mask])
+            metrics["ece"] = expected_calibration_error(probabilities[mask], labels[mask], n_bins)
+            metrics["ece_uncalibrated"] = expected_calibration_error(
+                uncalibrated[mask], labels[mask], n_bins
             )
+            report[subset][split] = metrics
+        report["reliability"][split] = {
+            "calibrated": reliability_bins(probabilities, labels, n_bins),
+            "uncalibrated": reliability_bins(uncalibrated, labels, n_bins),
+        }
         for subset in ("splits", "leak_free"):
             if split in report[subset]:
                 metrics = report[subset][split]
                 logger.info(
-                    "%s%s: accuracy %.3f, macro-F1 %.3f, loss %.3f on %d images",
+                    "%s%s: accuracy %.3f, macro-F1 %.3f, loss %.3f, ECE %.3f (%.3f before "
+                    "calibration) on %d images",
                     split, " (leak-free)" if subset == "leak_free" else "",
-                    metrics["accuracy"], metrics["macro_f1"], metrics["loss"],
-                    metrics["n_images"],
+                    metrics["accuracy"], metrics["macro_f1"], metrics["loss"], metrics["ece"],
+                    metrics["ece_uncalibrated"], metrics["n_images"],
                 )  # fmt: skip
     if not report["splits"]:
         raise ValueError("no valid or test images to evaluate on")
@@ -83,11 +101,12 @@ def metrics_for_mlflow(report: dict[str, Any]) -> dict[str, dict[str, float]]:
     """Flat scalar metrics (``valid_accuracy``, ``test_leak_free_macro_f1``, ...) for MLflow."""
     flat: dict[str, float] = {}
     for name, _, metrics in _evaluated(report):
-        for key in ("accuracy", "macro_f1", "loss"):
+        for key in ("accuracy", "macro_f1", "loss", "ece", "ece_uncalibrated"):
             flat[f"{name}_{key}"] = metrics[key]
         for label, scores in metrics["per_class"].items():
             for key in ("precision", "recall", "f1"):
                 flat[f"{name}_{key}_{label}"] = scores[key]
+    flat["temperature"] = report["calibration"]["temperature"]
     return {name: {"value": float(value), "step": 0} for name, value in flat.items()}
 
 
@@ -116,6 +135,34 @@ def plot_confusion_matrices(report: dict[str, Any]) -> plt.Figure:
             fontsize=10,
         )
     figure.suptitle(f"Confusion matrices (VGG16 weights: {report['weights']['used']})")
+    figure.tight_layout()
+    return figure
+
+
+def plot_reliability_diagrams(report: dict[str, Any]) -> plt.Figure:
+    """Reliability diagram per evaluated split: accuracy against confidence, before and after
+    temperature scaling; the diagonal is perfect calibration."""
+    splits = list(report["reliability"])
+    figure, axes = plt.subplots(1, len(splits), figsize=(6 * len(splits), 5.5), squeeze=False)
+    for axis, split in zip(axes[0], splits, strict=True):
+        axis.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
+        for kind, style in (("uncalibrated", "s--"), ("calibrated", "o-")):
+            bins = report["reliability"][split][kind]
+            points = [(c, a) for c, a in zip(bins["confidence"], bins["accuracy"], strict=True)
+                      if c is not None]  # fmt: skip
+            ece = report["splits"][split]["ece" if kind == "calibrated" else "ece_uncalibrated"]
+            axis.plot(*zip(*points, strict=True), style, label=f"{kind} (ECE {ece:.3f})")
+        axis.set_xlim(0, 1)
+        axis.set_ylim(0, 1)
+        axis.set_xlabel("confidence (top-class probability)")
+        axis.set_ylabel("accuracy")
+        fitted_here = (
+            " (fitted on this split)" if split == report["calibration"]["fitted_on"] else ""
+        )
+        axis.set_title(
+            f"{split}: temperature {report['calibration']['temperature']:.2f}{fitted_here}"
+        )
+        axis.legend(loc="upper left", fontsize=8)
     figure.tight_layout()
     return figure
 

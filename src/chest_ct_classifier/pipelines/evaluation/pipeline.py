@@ -7,6 +7,7 @@ from .nodes import (
     metrics_for_mlflow,
     model_for_registry,
     plot_confusion_matrices,
+    plot_reliability_diagrams,
 )
 
 
@@ -15,7 +16,13 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 evaluate_classifier,
-                inputs=["trained_model", "frozen_features", "weights_info", "params:evaluation"],
+                inputs=[
+                    "trained_model",
+                    "frozen_features",
+                    "weights_info",
+                    "calibration",
+                    "params:evaluation",
+                ],
                 outputs="metrics",
                 name="evaluate_classifier",
             ),
@@ -25,6 +32,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 "metrics",
                 "confusion_matrix_plot",
                 name="plot_confusion_matrices",
+            ),
+            node(
+                plot_reliability_diagrams,
+                "metrics",
+                "reliability_plot",
+                name="plot_reliability_diagrams",
             ),
             node(
                 model_for_registry,

@@ -10,12 +10,19 @@ import keras
 import numpy as np
 import pandas as pd
 
+from chest_ct_classifier.calibration import (
+    apply_temperature,
+    fit_temperature,
+    negative_log_likelihood,
+    scale_probabilities,
+)
 from chest_ct_classifier.labels import LABELS
 from chest_ct_classifier.model_architecture import (
     FEATURE_LAYER,
     feature_extractor,
     image_size_of,
     model_after,
+    predict_from_features,
 )
 from chest_ct_classifier.preprocessing import preprocess_image_bytes
 
@@ -132,3 +139,31 @@ def train_classifier(
         callbacks=[_EpochLogger()],
     )
     return trained, _history_for_mlflow(history.history)
+
+
+def calibrate_classifier(
+    model: keras.Model, features: dict[str, np.ndarray], parameters: dict[str, Any]
+) -> tuple[keras.Model, dict[str, Any]]:
+    """Temperature-scale the trained model on valid, so that it serves calibrated probabilities.
+
+    Only valid is used (never test). Without valid images the model is left as it is (T = 1).
+    """
+    x_valid, y_valid = _split(features, "valid")
+    if len(x_valid) == 0:
+        logger.warning("No valid images: probabilities are NOT calibrated (temperature 1)")
+        return model, {"temperature": 1.0, "fitted_on": None, "n_images": 0}
+    probabilities = predict_from_features(model, x_valid, int(parameters["batch_size"]))
+    temperature = fit_temperature(probabilities, y_valid)
+    calibrated = scale_probabilities(probabilities, temperature)
+    record = {
+        "temperature": temperature,
+        "fitted_on": "valid",
+        "n_images": len(y_valid),
+        "nll_before": negative_log_likelihood(probabilities, y_valid),
+        "nll_after": negative_log_likelihood(calibrated, y_valid),
+    }
+    logger.info(
+        "Temperature scaling on %d valid images: T = %.3f, NLL %.3f -> %.3f",
+        len(y_valid), temperature, record["nll_before"], record["nll_after"],
+    )  # fmt: skip
+    return apply_temperature(model, temperature), record

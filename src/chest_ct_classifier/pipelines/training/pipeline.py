@@ -2,7 +2,7 @@
 
 from kedro.pipeline import Pipeline, node, pipeline
 
-from .nodes import cache_frozen_features, train_classifier
+from .nodes import cache_frozen_features, calibrate_classifier, train_classifier
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -17,8 +17,14 @@ def create_pipeline(**kwargs) -> Pipeline:
             node(
                 train_classifier,
                 inputs=["frozen_features", "untrained_model", "params:training"],
-                outputs=["trained_model", "training_history"],
+                outputs=["uncalibrated_model", "training_history"],
                 name="train_classifier",
+            ),
+            node(
+                calibrate_classifier,
+                inputs=["uncalibrated_model", "frozen_features", "params:training"],
+                outputs=["trained_model", "calibration"],
+                name="calibrate_classifier",
             ),
         ]
     )
