@@ -71,6 +71,7 @@ def test_default_run_leaves_model_metrics_and_plots(project):
     assert metrics["calibration"]["fitted_on"] == "valid"
     assert 0.0 <= metrics["splits"]["test"]["ece"] <= 1.0
     assert (project / "data/08_reporting/reliability.png").stat().st_size > 1000
+    assert (project / "data/08_reporting/grad_cam_examples.png").stat().st_size > 1000
     quality = json.loads((project / "data/08_reporting/data_quality.json").read_text())
     assert quality["format_mismatches"] == [
         {"path": "Data/train/normal/n7.png", "extension": ".png", "format": "JPEG"}
@@ -95,7 +96,8 @@ def test_mlflow_run_has_params_epoch_metrics_weights_tag_and_registered_model(pr
     assert len(client.get_metric_history(run.info.run_id, "epoch.valid_accuracy")) == 4
     assert "test_macro_f1" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"metrics.json", "confusion_matrix.png", "data_quality.json"} <= artifacts
+    assert {"metrics.json", "confusion_matrix.png", "reliability.png", "grad_cam_examples.png",
+            "data_quality.json"} <= artifacts  # fmt: skip
     assert "valid_leak_free_accuracy" in run.data.metrics
     assert run.data.metrics["temperature"] > 0
     (version,) = client.search_model_versions("name='chest-ct-classifier'")

@@ -7,6 +7,7 @@ from chest_ct_classifier.pipelines.evaluation.nodes import (
     evaluate_classifier,
     metrics_for_mlflow,
     plot_confusion_matrices,
+    plot_grad_cam_examples,
     plot_reliability_diagrams,
 )
 
@@ -74,3 +75,31 @@ def test_ece_before_calibration_is_computed_from_the_temperature(tiny_model, fea
     assert 0.0 <= valid["ece"] <= 1.0
     assert unit["splits"]["valid"]["ece"] == unit["splits"]["valid"]["ece_uncalibrated"]
     assert valid["ece"] == unit["splits"]["valid"]["ece"]  # same model, same probabilities
+
+
+def test_grad_cam_examples_show_a_correct_and_a_wrong_answer_per_class(tiny_model, sample_images):
+    from chest_ct_classifier.pipelines.data_ingestion.nodes import (
+        assess_data_quality,
+        index_images,
+    )
+    from chest_ct_classifier.pipelines.training.nodes import cache_frozen_features
+
+    files = {p: (lambda d=d: d) for p, d in sample_images.items()}
+    params = {
+        "source": "sample",
+        "near_duplicate_max_distance": 2,
+        "split": {"mode": "official", "ratios": {"train": 1}, "seed": 0},
+    }
+    table, _, _ = assess_data_quality(index_images(files, params)[0], params)
+    real = cache_frozen_features(files, table, tiny_model, {"feature_batch_size": 16})
+
+    figure = plot_grad_cam_examples(tiny_model, files, real, PARAMS)
+    assert figure.get_suptitle().startswith("Grad-CAM on test")
+    axes = figure.axes
+    assert len(axes) == 2 * len(LABELS)
+    shown = [axis for axis in axes if axis.images]
+    titles = " ".join(axis.get_title() for axis in axes)
+    # 3 test images per class: every class has a correct or a wrong answer, never both missing
+    assert len(shown) >= len(LABELS)
+    assert len(shown) + titles.count(" answer") == 2 * len(LABELS)
+    plt.close(figure)

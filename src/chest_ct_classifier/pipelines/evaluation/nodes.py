@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import keras
@@ -17,9 +18,11 @@ from chest_ct_classifier.calibration import (
     reliability_bins,
     scale_probabilities,
 )
+from chest_ct_classifier.explanation import grad_cam, overlay_heatmap
 from chest_ct_classifier.labels import DISPLAY_NAMES, LABELS
 from chest_ct_classifier.metrics import classification_metrics
-from chest_ct_classifier.model_architecture import predict_from_features
+from chest_ct_classifier.model_architecture import image_size_of, predict_from_features
+from chest_ct_classifier.preprocessing import decode_image, image_to_array, scale_for_vgg16
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +166,47 @@ def plot_reliability_diagrams(report: dict[str, Any]) -> plt.Figure:
             f"{split}: temperature {report['calibration']['temperature']:.2f}{fitted_here}"
         )
         axis.legend(loc="upper left", fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def plot_grad_cam_examples(
+    model: keras.Model,
+    images: dict[str, Callable[[], bytes]],
+    features: dict[str, np.ndarray],
+    parameters: dict[str, Any],
+) -> plt.Figure:
+    """Grad-CAM overlays: per class, the most confident correct and wrong answer on test (on
+    valid when there is no test), so a reader sees what the model looks at, shortcuts included.
+    """
+    split = "test" if (features["split"] == "test").any() else "valid"
+    in_split = features["split"] == split
+    probabilities = predict_from_features(
+        model, features["features"][in_split], int(parameters["batch_size"])
+    )
+    paths, labels = features["path"][in_split], features["label"][in_split]
+    predicted = probabilities.argmax(axis=1)
+    size = image_size_of(model)
+    figure, axes = plt.subplots(len(LABELS), 2, figsize=(7, 3.4 * len(LABELS)), squeeze=False)
+    for row, label in enumerate(LABELS):
+        for column, correct in enumerate((True, False)):
+            axis = axes[row, column]
+            axis.axis("off")
+            candidates = np.flatnonzero((labels == row) & ((predicted == row) == correct))
+            if not len(candidates):
+                kind = "correct" if correct else "wrong"
+                axis.set_title(f"{DISPLAY_NAMES[label]}: no {kind} answer", fontsize=8)
+                continue
+            chosen = candidates[np.argmax(probabilities[candidates].max(axis=1))]
+            rgb = image_to_array(decode_image(images[paths[chosen]]()), size)
+            heatmap, answer = grad_cam(model, scale_for_vgg16(rgb))
+            axis.imshow(overlay_heatmap(rgb, heatmap))
+            axis.set_title(
+                f"{'correct' if correct else 'WRONG'}: true {DISPLAY_NAMES[label]}\n"
+                f"predicted {DISPLAY_NAMES[LABELS[int(answer.argmax())]]} ({answer.max():.2f})",
+                fontsize=8,
+            )
+    figure.suptitle(f"Grad-CAM on {split}: most confident correct and wrong answer per class")
     figure.tight_layout()
     return figure
 

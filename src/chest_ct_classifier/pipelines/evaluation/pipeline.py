@@ -7,6 +7,7 @@ from .nodes import (
     metrics_for_mlflow,
     model_for_registry,
     plot_confusion_matrices,
+    plot_grad_cam_examples,
     plot_reliability_diagrams,
 )
 
@@ -38,6 +39,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 "metrics",
                 "reliability_plot",
                 name="plot_reliability_diagrams",
+            ),
+            node(
+                plot_grad_cam_examples,
+                inputs=["trained_model", "ingested_images", "frozen_features", "params:evaluation"],
+                outputs="grad_cam_plot",
+                name="plot_grad_cam_examples",
             ),
             node(
                 model_for_registry,
