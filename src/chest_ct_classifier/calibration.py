@@ -39,36 +39,36 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp(result.x))
 
 
+def reliability_bins(probabilities: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict:
+    """Per equal-width confidence bin: mean confidence, accuracy and count (None when empty)."""
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
+    members = [bins == b for b in range(n_bins)]
+    return {
+        "edges": edges.tolist(),
+        "confidence": [float(confidence[m].mean()) if m.any() else None for m in members],
+        "accuracy": [float(correct[m].mean()) if m.any() else None for m in members],
+        "count": [int(m.sum()) for m in members],
+    }
+
+
 def expected_calibration_error(
     probabilities: np.ndarray, labels: np.ndarray, n_bins: int = 15
 ) -> float:
     """ECE: the gap between confidence and accuracy, averaged over equal-width confidence bins."""
-    confidence = probabilities.max(axis=1)
-    correct = probabilities.argmax(axis=1) == labels
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    bins = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
-    error = 0.0
-    for b in range(n_bins):
-        members = bins == b
-        if members.any():
-            error += members.mean() * abs(correct[members].mean() - confidence[members].mean())
-    return float(error)
-
-
-def reliability_bins(probabilities: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict:
-    """Per confidence bin: mean confidence, accuracy and count (for a reliability diagram)."""
-    confidence = probabilities.max(axis=1)
-    correct = probabilities.argmax(axis=1) == labels
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    bins = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
-    return {
-        "edges": edges.tolist(),
-        "confidence": [float(confidence[bins == b].mean()) if (bins == b).any() else None
-                       for b in range(n_bins)],
-        "accuracy": [float(correct[bins == b].mean()) if (bins == b).any() else None
-                     for b in range(n_bins)],
-        "count": [int((bins == b).sum()) for b in range(n_bins)],
-    }  # fmt: skip
+    bins = reliability_bins(probabilities, labels, n_bins)
+    total = sum(bins["count"])
+    return float(
+        sum(
+            count / total * abs(accuracy - confidence)
+            for count, accuracy, confidence in zip(
+                bins["count"], bins["accuracy"], bins["confidence"], strict=True
+            )
+            if count
+        )
+    )
 
 
 def apply_temperature(model: keras.Model, temperature: float) -> keras.Model:
