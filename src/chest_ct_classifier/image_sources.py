@@ -99,10 +99,12 @@ def sha256_of_file(path: Path, chunk_size: int = 1 << 20) -> str:
 
 def verify_sha256(path: Path, expected: str | None) -> None:
     """Raise SourceError when ``expected`` is given and the file's sha256 differs."""
-    if expected and sha256_of_file(path) != expected.lower():
+    if not expected:
+        return
+    actual = sha256_of_file(path)
+    if actual != expected.lower():
         raise SourceError(
-            f"checksum mismatch for {path.name}: expected sha256 {expected.lower()}, "
-            f"got {sha256_of_file(path)}"
+            f"checksum mismatch for {path.name}: expected sha256 {expected.lower()}, got {actual}"
         )
 
 

@@ -195,6 +195,12 @@ def _choose_splits(readable: pd.DataFrame, split: dict[str, Any]) -> tuple[pd.Se
     return resplit, "resplit"
 
 
+def _groups_with_several(rows: pd.DataFrame, by: str, column: str) -> pd.DataFrame:
+    """The rows of every ``by`` group holding more than one distinct ``column`` value."""
+    distinct = rows.groupby(by)[column].nunique()
+    return rows[rows[by].isin(distinct.index[distinct > 1])]
+
+
 def _describe_groups(rows: pd.DataFrame, key: str) -> list[dict[str, Any]]:
     return [
         {
@@ -223,12 +229,9 @@ def assess_data_quality(
     readable["split"], split_source = _choose_splits(readable, parameters["split"])
 
     exact = readable[readable.duplicated("sha256", keep=False)]
-    distinct_per_group = readable.groupby("group")["sha256"].nunique()
-    near = readable[readable["group"].isin(distinct_per_group.index[distinct_per_group > 1])]
-    splits_per_group = readable.groupby("group")["split"].nunique()
-    crossing = readable[readable["group"].isin(splits_per_group.index[splits_per_group > 1])]
-    labels_per_hash = readable.groupby("sha256")["label"].nunique()
-    conflicting = readable[readable["sha256"].isin(labels_per_hash.index[labels_per_hash > 1])]
+    near = _groups_with_several(readable, "group", "sha256")
+    crossing = _groups_with_several(readable, "group", "split")
+    conflicting = _groups_with_several(readable, "sha256", "label")
 
     train_paths_per_group = readable[readable["split"] == "train"].groupby("group")["path"]
     train_members = train_paths_per_group.apply(set).to_dict()

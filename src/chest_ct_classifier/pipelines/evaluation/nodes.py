@@ -71,20 +71,17 @@ def evaluate_classifier(
                 uncalibrated[mask], labels[mask], n_bins
             )
             report[subset][split] = metrics
+            logger.info(
+                "%s%s: accuracy %.3f, macro-F1 %.3f, loss %.3f, ECE %.3f (%.3f before "
+                "calibration) on %d images",
+                split, " (leak-free)" if subset == "leak_free" else "",
+                metrics["accuracy"], metrics["macro_f1"], metrics["loss"], metrics["ece"],
+                metrics["ece_uncalibrated"], metrics["n_images"],
+            )  # fmt: skip
         report["reliability"][split] = {
             "calibrated": reliability_bins(probabilities, labels, n_bins),
             "uncalibrated": reliability_bins(uncalibrated, labels, n_bins),
         }
-        for subset in ("splits", "leak_free"):
-            if split in report[subset]:
-                metrics = report[subset][split]
-                logger.info(
-                    "%s%s: accuracy %.3f, macro-F1 %.3f, loss %.3f, ECE %.3f (%.3f before "
-                    "calibration) on %d images",
-                    split, " (leak-free)" if subset == "leak_free" else "",
-                    metrics["accuracy"], metrics["macro_f1"], metrics["loss"], metrics["ece"],
-                    metrics["ece_uncalibrated"], metrics["n_images"],
-                )  # fmt: skip
     if not report["splits"]:
         raise ValueError("no valid or test images to evaluate on")
     return report
