@@ -59,7 +59,12 @@ def test_kedro_viz_serves_every_pipeline(tmp_path):
         pipeline_ids = {p["id"] for p in graph["pipelines"]}
         assert {"data_ingestion", "training", "evaluation", "inference"} <= pipeline_ids
         names = {n["name"] for n in graph["nodes"]}  # of the default pipeline
-        assert {"index_images", "prepare_classifier", "train_classifier", "register_model"} <= names
+        assert {
+            "index_images",
+            "prepare_classifier",
+            "train_classifier",
+            "serving_input_example",
+        } <= names
         url = f"http://127.0.0.1:{port}/api/pipelines/inference"
         with urllib.request.urlopen(url, timeout=10) as response:
             inference = json.load(response)

@@ -20,3 +20,25 @@ def test_one_pipeline_can_be_requested_alone():
         assert [n.name for n in pipelines["inference"].nodes] == ["predict_images"]
     finally:
         pipelines.set_requested(None)
+
+
+def test_the_training_flow_and_evaluation_register_the_serving_pipeline():
+    from kedro_mlflow.pipeline.pipeline_ml import PipelineML
+
+    from chest_ct_classifier.model_registry import MODEL_NAME
+
+    configure_project("chest_ct_classifier")
+    pipelines.set_requested(None)
+    for name in ("__default__", "evaluation"):
+        registering = pipelines[name]
+        assert isinstance(registering, PipelineML), name
+        assert registering.input_name == "serving_input"
+        assert [n.name for n in registering.inference.nodes] == [
+            "images_from_request",
+            "predict_request_images",
+        ]
+        kwargs = registering.log_model_kwargs
+        assert kwargs["registered_model_name"] == MODEL_NAME
+        assert kwargs["code_paths"][0].endswith("chest_ct_classifier")
+    assert not isinstance(pipelines["training"], PipelineML)
+    assert not isinstance(pipelines["inference"], PipelineML)

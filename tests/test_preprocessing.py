@@ -97,3 +97,16 @@ def test_truncated_real_image_raises(sample_images):
     data = next(iter(sample_images.values()))
     with pytest.raises(UnreadableImageError):
         preprocess_image_bytes(data[: len(data) // 2], SIZE)
+
+
+def test_aspect_ratio_is_kept_and_the_rest_is_black_background():
+    from chest_ct_classifier.preprocessing import image_to_array
+
+    wide = Image.new("RGB", (200, 100), (255, 255, 255))
+    fitted = image_to_array(wide, 40)
+    assert fitted.shape == (40, 40, 3) and fitted.dtype == np.uint8
+    rows_with_image = np.flatnonzero(fitted.max(axis=(1, 2)) > 0)
+    assert (rows_with_image.min(), rows_with_image.max()) == (10, 29)  # 40 x 20, centred
+    assert (fitted[10:30] == 255).all()
+    tall = image_to_array(Image.new("RGB", (50, 100), (255, 255, 255)), 40)
+    assert np.array_equal(np.flatnonzero(tall.max(axis=(0, 2)) > 0), np.arange(10, 30))

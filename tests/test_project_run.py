@@ -1,7 +1,8 @@
 """The whole project, run as a user runs it: ``kedro run`` then batch inference, via the CLI.
 
 Runs in a temporary copy of the project (conf, bundled sample) with a small test configuration
-(64 px images, a few epochs, the offline HED weights), then checks the files and the MLflow run.
+(64 px images, a few epochs, one augmented view, the offline HED weights), then checks the
+files, the MLflow run, the registered model and its champion gate.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ import subprocess
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 
+from chest_ct_classifier.datasets.keras_model_dataset import KerasModelDataset
 from chest_ct_classifier.labels import LABELS, probability_columns
+from chest_ct_classifier.preprocessing import preprocess_image_bytes
 
 from .conftest import PROJECT_ROOT, run_tool
 
@@ -25,7 +29,8 @@ TEST_CONF = {
     "globals.yml": "vgg16_weights: hed_bsds500\n",
     "parameters.yml": (
         "model_preparation:\n  image_size: 64\n  head:\n    dense_units: 32\n"
-        "training:\n  epochs: 4\n"
+        "training:\n  augmentation:\n    views: 1\n"
+        "  phase1:\n    max_epochs: 4\n  phase2:\n    max_epochs: 2\n"
     ),
 }
 
@@ -83,27 +88,91 @@ def test_default_run_leaves_model_metrics_and_plots(project):
     assert (project / "logs/info.log").read_text().count("Completed node") >= 7
 
 
-def test_mlflow_run_has_params_epoch_metrics_weights_tag_and_registered_model(project):
-    mlflow.set_tracking_uri(f"sqlite:///{project / 'mlflow.db'}")
-    client = mlflow.MlflowClient()
+def _client(project: Path) -> mlflow.MlflowClient:
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def test_mlflow_run_has_params_epoch_metrics_weights_tag_and_registered_model(project, tmp_path):
+    client = _client(project)
     (run,) = mlflow.search_runs(experiment_names=["chest-ct-classifier"], output_format="list")
     assert run.info.status == "FINISHED"
-    assert run.data.params["training.epochs"] == "4"
+    assert run.data.params["training.phase1.max_epochs"] == "4"
     assert run.data.params["model_preparation.image_size"] == "64"
     assert run.data.tags["weights_used"] == "hed_bsds500"
-    history = client.get_metric_history(run.info.run_id, "epoch.train_loss")
-    assert [m.step for m in history] == [1, 2, 3, 4]
-    assert len(client.get_metric_history(run.info.run_id, "epoch.valid_accuracy")) == 4
-    assert "test_macro_f1" in run.data.metrics
+    schedule = json.loads((project / "data/06_models/training_schedule.json").read_text())
+    history = client.get_metric_history(run.info.run_id, "epoch.phase1_train_loss")
+    assert [m.step for m in history] == list(range(1, schedule["phase1_epochs"] + 1))
+    phase2 = client.get_metric_history(run.info.run_id, "epoch.phase2_valid_accuracy")
+    assert len(phase2) == schedule["phase2_epochs"]
+    assert client.get_metric_history(run.info.run_id, "selection.phase1_monitor_loss")
+    for name in ("test_macro_f1", "valid_balanced_accuracy", "valid_leak_free_accuracy"):
+        assert name in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"metrics.json", "confusion_matrix.png", "reliability.png", "grad_cam_examples.png",
-            "data_quality.json"} <= artifacts  # fmt: skip
-    assert "valid_leak_free_accuracy" in run.data.metrics
+    assert {"metrics.json", "confusion_matrix.png", "reliability.png", "roc.png",
+            "grad_cam_examples.png", "data_quality.json", "training_schedule.json",
+            } <= artifacts  # fmt: skip
     assert run.data.metrics["temperature"] > 0
     (version,) = client.search_model_versions("name='chest-ct-classifier'")
     assert version.run_id == run.info.run_id
-    model = mlflow.keras.load_model(f"models:/chest-ct-classifier/{version.version}")
-    assert model.output_shape == (None, len(LABELS))
+    assert client.get_model_version_by_alias("chest-ct-classifier", "champion").version == (
+        version.version
+    )
+    assert version.tags["champion_gate.decision"] == "promoted"
+    # the package travels with the model, so it loads outside the project
+    model = Path(
+        mlflow.artifacts.download_artifacts(
+            f"models:/chest-ct-classifier/{version.version}", dst_path=str(tmp_path)
+        )
+    )
+    assert (model / "code" / "chest_ct_classifier" / "preprocessing.py").is_file()
+    assert (model / "artifacts" / "classifier.keras").is_file()
+
+
+def test_registered_model_predicts_images_outside_the_project(project, sample_images, tmp_path):
+    import base64
+
+    paths = [p for p in sample_images if p.startswith("Data/test/")]
+    request = pd.DataFrame(
+        {"image": [base64.b64encode(sample_images[p]).decode("ascii") for p in paths]}
+    )
+    request.to_json(tmp_path / "request.json", orient="split", index=False)
+    script = (
+        "import sys, mlflow, pandas as pd\n"
+        f"mlflow.set_tracking_uri('sqlite:///{project / 'mlflow.db'}')\n"
+        "model = mlflow.pyfunc.load_model('models:/chest-ct-classifier@champion')\n"
+        "request = pd.read_json(sys.argv[1], orient='split')\n"
+        "model.predict(request).to_csv(sys.argv[2], index=False)\n"
+    )
+    run_tool(tmp_path, "python", "-c", script, "request.json", "served.csv")
+    served = pd.read_csv(tmp_path / "served.csv")
+    assert list(served["image"]) == list(range(len(paths)))
+    assert served["error"].isna().all() and set(served["label"]) <= set(LABELS)
+    # the same answers as the project's calibrated model on the same preprocessing
+    model = KerasModelDataset(str(project / "data/06_models/classifier.keras")).load()
+    expected = model.predict_on_batch(
+        np.stack([preprocess_image_bytes(sample_images[p], 64) for p in paths])
+    )
+    np.testing.assert_allclose(served[probability_columns()].to_numpy(), expected, atol=1e-5)
+
+
+def test_a_second_run_is_registered_but_the_gate_keeps_an_equal_champion(project):
+    # DVC's evaluation stage registers too; the same model scores the same: a tie keeps it
+    _kedro(project, "run", "--env", "test", "--pipelines", "evaluation")
+    client = _client(project)
+    versions = sorted(
+        client.search_model_versions("name='chest-ct-classifier'"), key=lambda v: int(v.version)
+    )
+    assert [int(v.version) for v in versions] == [1, 2]
+    second = versions[-1]
+    assert second.tags["champion_gate.decision"] == "kept_champion"
+    assert (
+        second.tags["champion_gate.candidate_value"] == second.tags["champion_gate.champion_value"]
+    )
+    champion = client.get_model_version_by_alias("chest-ct-classifier", "champion")
+    assert str(champion.version) == str(versions[0].version)
 
 
 def test_inference_predicts_an_unseen_nested_folder_with_a_corrupt_file(project, sample_images):

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+from sklearn.metrics import (
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+    roc_auc_score,
+    roc_curve,
+)
 
 from chest_ct_classifier.labels import LABELS
 
@@ -11,15 +17,35 @@ _EPSILON = 1e-7
 
 
 def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray) -> dict:
-    """Loss, accuracy, macro-F1, per-class precision/recall/F1/support and the confusion matrix.
+    """Loss, accuracy, balanced accuracy, macro-F1, per-class precision/recall/F1/support, the
+    confusion matrix (counts and row-normalized), and one-vs-rest ROC AUC and ROC curves.
 
     Args:
         y_true: (N,) integer class indices into LABELS.
         probabilities: (N, len(LABELS)) predicted class probabilities.
 
     Returns:
-        A JSON-friendly dict. ``confusion_matrix[i][j]`` counts images of true class i predicted
-        as class j, in LABELS order.
+        A JSON-friendly dict (plain ints, floats, lists, None), every per-class entry in LABELS
+        order or keyed by label:
+
+        - ``confusion_matrix[i][j]`` counts images of true class i predicted as class j.
+        - ``confusion_matrix_normalized[i][j]``: the same row divided by the number of images
+          of true class i, so each row of a class present in ``y_true`` sums to 1 and its
+          diagonal is that class's recall. The row of a class absent from ``y_true`` is all
+          0.0 (as scikit-learn's ``normalize="true"``); its ``per_class`` support is 0.
+        - ``balanced_accuracy``: mean recall over the classes present in ``y_true`` (the same
+          as scikit-learn's ``balanced_accuracy_score``, without its warning when a class is
+          predicted but absent from ``y_true``).
+        - ``roc_auc``: ``{"per_class": {label: float | None}, "macro": float | None}``, each
+          class one-vs-rest on its probability column. A class with no positive or no negative
+          image has no ROC curve: its AUC is None and it is left out of the macro mean, which
+          is None when no class has an AUC.
+        - ``roc_curve``: ``{label: {"fpr": [...], "tpr": [...]}}`` one-vs-rest, with
+          scikit-learn's ``drop_intermediate=True``, only for classes whose AUC is defined.
+          Thresholds are left out (the first one is infinite, which JSON cannot hold).
+
+    Raises:
+        ValueError: when there are no images.
     """
     y_true = np.asarray(y_true, dtype=int)
     probabilities = np.asarray(probabilities, dtype=np.float64)
@@ -31,10 +57,13 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray) -> dic
         y_true, y_pred, labels=classes, zero_division=0
     )
     true_class_probability = probabilities[np.arange(len(y_true)), y_true]
+    roc_auc, curves = _one_vs_rest_roc(y_true, probabilities)
+    defined = [auc for auc in roc_auc.values() if auc is not None]
     return {
         "n_images": len(y_true),
         "loss": float(-np.mean(np.log(np.clip(true_class_probability, _EPSILON, 1.0)))),
         "accuracy": float(np.mean(y_pred == y_true)),
+        "balanced_accuracy": float(np.mean(recall[support > 0])),
         "macro_f1": float(
             f1_score(y_true, y_pred, labels=classes, average="macro", zero_division=0)
         ),
@@ -49,4 +78,34 @@ def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray) -> dic
         },
         "labels": list(LABELS),
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=classes).tolist(),
+        "confusion_matrix_normalized": confusion_matrix(
+            y_true, y_pred, labels=classes, normalize="true"
+        ).tolist(),
+        "roc_auc": {
+            "per_class": roc_auc,
+            "macro": float(np.mean(defined)) if defined else None,
+        },
+        "roc_curve": curves,
     }
+
+
+def _one_vs_rest_roc(
+    y_true: np.ndarray, probabilities: np.ndarray
+) -> tuple[dict[str, float | None], dict[str, dict[str, list[float]]]]:
+    """Per-class one-vs-rest AUC (None where undefined) and ROC curves (only where defined).
+
+    scikit-learn is not called for a class with no positive or no negative image: it would warn
+    or raise there, and the AUC is undefined anyway.
+    """
+    roc_auc: dict[str, float | None] = {}
+    curves: dict[str, dict[str, list[float]]] = {}
+    for i, label in enumerate(LABELS):
+        positive = y_true == i
+        if positive.all() or not positive.any():
+            roc_auc[label] = None
+            continue
+        scores = probabilities[:, i]
+        roc_auc[label] = float(roc_auc_score(positive, scores))
+        fpr, tpr, _ = roc_curve(positive, scores, drop_intermediate=True)
+        curves[label] = {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
+    return roc_auc, curves

@@ -1,8 +1,9 @@
-"""The classifier's architecture: Keras VGG16 convolution base, frozen, plus a small new head.
+"""The classifier's architecture: Keras VGG16 convolution base plus a small new head.
 
 The model is one flat chain of layers (VGG16's ``block*`` layers, then ``head_*`` layers), so it
 can be cut at any layer: training runs the frozen part once per image and trains only what
-follows the cut on cached activations.
+follows the cut on cached activations. Blocks 1-4 are always frozen; block 5 is frozen while the
+head learns (phase 1) and fine-tuned with it afterwards (phase 2).
 """
 
 from __future__ import annotations
@@ -14,8 +15,12 @@ import numpy as np
 
 from chest_ct_classifier.labels import LABELS
 
-# Output of the convolution base: the frozen part ends here and the head begins.
+# Output of the convolution base: the head begins here.
 FEATURE_LAYER = "block5_pool"
+# Output of the always-frozen blocks 1-4: activations are cached here, once per image and view.
+CACHED_LAYER = "block4_pool"
+# Layers fine-tuned in phase 2 of training, together with the head.
+FINE_TUNED_BLOCK = "block5"
 VGG16_CONV_LAYERS: tuple[str, ...] = (
     "block1_conv1",
     "block1_conv2",
@@ -110,18 +115,31 @@ def feature_extractor(model: keras.Model, layer_name: str = FEATURE_LAYER) -> ke
     return keras.Model(model.input, model.get_layer(layer_name).output)
 
 
-def model_after(model: keras.Model, layer_name: str = FEATURE_LAYER) -> keras.Model:
-    """The part of the model after ``layer_name``, taking that layer's output as its input.
+def model_after(
+    model: keras.Model, layer_name: str = FEATURE_LAYER, until: str | None = None
+) -> keras.Model:
+    """The part of the model after ``layer_name`` (up to and including ``until``, default the
+    output), taking that layer's output as its input.
 
     The layers are shared with ``model``: training this part trains the whole model's layers.
     """
     boundary = model.get_layer(layer_name)
-    following = model.layers[model.layers.index(boundary) + 1 :]
+    start = model.layers.index(boundary) + 1
+    end = len(model.layers) if until is None else model.layers.index(model.get_layer(until)) + 1
     inputs = keras.Input(shape=tuple(boundary.output.shape[1:]), name=f"{layer_name}_activations")
     x = inputs
-    for layer in following:
+    for layer in model.layers[start:end]:
         x = layer(x)
     return keras.Model(inputs, x, name=f"after_{layer_name}")
+
+
+def set_block_trainable(model: keras.Model, block: str, trainable: bool) -> None:
+    """Freeze or unfreeze every layer of one VGG16 block (e.g. ``block5``)."""
+    layers = [layer for layer in model.layers if layer.name.startswith(f"{block}_")]
+    if not layers:
+        raise ValueError(f"the model has no layers of {block}")
+    for layer in layers:
+        layer.trainable = trainable
 
 
 def predict_from_features(

@@ -54,9 +54,22 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def image_to_array(image: Image.Image, image_size: int) -> np.ndarray:
-    """Resize an RGB image to ``image_size`` x ``image_size`` (bilinear); uint8 (H, W, 3)."""
-    resized = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
-    return np.asarray(resized, dtype=np.uint8)
+    """Fit an RGB image into ``image_size`` x ``image_size``, keeping its aspect ratio
+    (bilinear), centred on black, the CT background; uint8 (H, W, 3).
+
+    Stretching to a square would make the shape of the picture a cue: in the public dataset the
+    cancer images of train are wider (median aspect 1.5) than the normal ones (1.3) and than the
+    cancer images of test (1.3).
+    """
+    width, height = image.size
+    scale = image_size / max(width, height)
+    fitted = (max(1, round(width * scale)), max(1, round(height * scale)))
+    canvas = Image.new("RGB", (image_size, image_size))
+    canvas.paste(
+        image.resize(fitted, Image.Resampling.BILINEAR),
+        ((image_size - fitted[0]) // 2, (image_size - fitted[1]) // 2),
+    )
+    return np.asarray(canvas, dtype=np.uint8)
 
 
 def scale_for_vgg16(rgb: np.ndarray) -> np.ndarray:
@@ -65,7 +78,8 @@ def scale_for_vgg16(rgb: np.ndarray) -> np.ndarray:
 
 
 def preprocess_image_bytes(data: bytes, image_size: int) -> np.ndarray:
-    """Image bytes -> float32 model input of shape (image_size, image_size, 3).
+    """Image bytes -> float32 model input of shape (image_size, image_size, 3): decoded to RGB,
+    fitted into the square keeping its aspect ratio, VGG16-scaled.
 
     Raises:
         UnreadableImageError: the bytes cannot be decoded as an image.

@@ -5,6 +5,8 @@ import os
 from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
 
+from chest_ct_classifier.hooks import ChampionGateHook, NodeTimingHook
+
 # Telemetry tries the network at every command; this project runs offline by default.
 for _variable, _value in (
     ("KEDRO_DISABLE_TELEMETRY", "1"),
@@ -20,6 +22,10 @@ CONFIG_LOADER_ARGS = {
     # mlflow.yml reads MLFLOW_TRACKING_URI from the environment (a remote server such as
     # DagsHub); Kedro enables oc.env only for credentials unless a project registers it.
     "custom_resolvers": {"oc.env": oc.env},
-    # conf/<env> overrides single parameters (e.g. training.epochs) without repeating the rest.
+    # conf/<env> overrides single parameters (e.g. training.phase2.max_epochs), not whole files.
     "merge_strategy": {"parameters": "soft"},
 }
+
+# After a run that registered a model version: move the `champion` alias to it only if it beats
+# the champion's valid macro-F1 (see chest_ct_classifier.model_registry).
+HOOKS = (ChampionGateHook(), NodeTimingHook())

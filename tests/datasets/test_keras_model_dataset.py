@@ -19,3 +19,19 @@ def test_round_trip_keeps_weights_and_frozen_layers(tiny_model, tmp_path):
 def test_missing_model_says_how_to_get_one(tmp_path):
     with pytest.raises(DatasetError, match="kedro run"):
         KerasModelDataset(str(tmp_path / "none.keras")).load()
+
+
+def test_a_shared_model_is_not_copied_by_deepcopy_and_still_saves(tiny_model, tmp_path):
+    import copy
+
+    path = tmp_path / "m.keras"
+    KerasModelDataset(str(path)).save(tiny_model)
+    plain = KerasModelDataset(str(path)).load()
+    shared = KerasModelDataset(str(path), shared_on_deepcopy=True).load()
+    assert copy.deepcopy({"model": shared})["model"] is shared
+    assert copy.deepcopy(plain) is not plain
+    assert isinstance(shared, type(plain))
+    again = tmp_path / "again.keras"
+    KerasModelDataset(str(again)).save(shared)
+    x = np.ones((1, 32, 32, 3), dtype=np.float32)
+    np.testing.assert_allclose(KerasModelDataset(str(again)).load()(x), tiny_model(x), atol=1e-6)

@@ -9,21 +9,52 @@ from typing import Any
 import keras
 from kedro.io import AbstractDataset, DatasetError
 
+_SHARED_CLASSES: dict[type, type] = {}
+
+
+def share_on_deepcopy(model: keras.Model) -> keras.Model:
+    """Make ``copy.deepcopy(model)`` return ``model`` itself (the model must stay read-only).
+
+    kedro-mlflow's served pipeline deep-copies its catalog on every prediction, the loaded
+    model included: for VGG16 (59 MB of weights) that costs more than the prediction.
+    """
+    cls = type(model)
+    if cls not in _SHARED_CLASSES:
+        # Same name and module as the original class: saving the model is unchanged.
+        _SHARED_CLASSES[cls] = type(
+            cls.__name__,
+            (cls,),
+            {"__deepcopy__": lambda self, memo: self, "__module__": cls.__module__},
+        )
+    model.__class__ = _SHARED_CLASSES[cls]
+    return model
+
 
 class KerasModelDataset(AbstractDataset[keras.Model, keras.Model]):
     """Loads (uncompiled) and saves a Keras model; saves are atomic, so an interrupted run
-    never leaves a truncated model where a good one was."""
+    never leaves a truncated model where a good one was.
 
-    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None) -> None:
+    With ``shared_on_deepcopy`` the loaded model is not copied by ``copy.deepcopy`` (see
+    :func:`share_on_deepcopy`); only for models that are used, never changed.
+    """
+
+    def __init__(
+        self,
+        filepath: str,
+        shared_on_deepcopy: bool = False,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
         if not filepath.endswith(".keras"):
             raise DatasetError(f"KerasModelDataset needs a '.keras' file path, got {filepath}")
         self._filepath = Path(filepath)
+        self._shared = shared_on_deepcopy
         self.metadata = metadata
 
     def load(self) -> keras.Model:
         if not self._filepath.is_file():
             raise DatasetError(f"No model at {self._filepath}: train one first with `kedro run`")
-        return keras.saving.load_model(self._filepath, compile=False)
+        model = keras.saving.load_model(self._filepath, compile=False)
+        return share_on_deepcopy(model) if self._shared else model
 
     def save(self, data: keras.Model) -> None:
         self._filepath.parent.mkdir(parents=True, exist_ok=True)
@@ -35,4 +66,4 @@ class KerasModelDataset(AbstractDataset[keras.Model, keras.Model]):
         return self._filepath.is_file()
 
     def _describe(self) -> dict[str, Any]:
-        return {"filepath": str(self._filepath)}
+        return {"filepath": str(self._filepath), "shared_on_deepcopy": self._shared}

@@ -9,6 +9,7 @@ from chest_ct_classifier.pipelines.evaluation.nodes import (
     plot_confusion_matrices,
     plot_grad_cam_examples,
     plot_reliability_diagrams,
+    plot_roc_curves,
 )
 
 WEIGHTS = {
@@ -22,11 +23,13 @@ PARAMS = {"batch_size": 3, "calibration_bins": 15}
 
 
 @pytest.fixture(scope="module")
-def features():
+def cache():
+    """Cached block-4 activations (2x2x512 for the 32 px tiny model) of 12 distinct images."""
     rng = np.random.default_rng(0)
     n = 12
     return {
-        "features": rng.normal(size=(n, 1, 1, 512)).astype(np.float32),
+        "activations": rng.normal(size=(n, 2, 2, 512)).astype(np.float32),
+        "content": np.arange(n),
         "label": np.arange(n) % len(LABELS),
         "split": np.array(["train"] * 4 + ["valid"] * 4 + ["test"] * 4),
         "path": np.array([f"{i}.png" for i in range(n)]),
@@ -34,8 +37,8 @@ def features():
     }
 
 
-def test_report_has_each_present_split_and_the_weights(tiny_model, features):
-    report = evaluate_classifier(tiny_model, features, WEIGHTS, CALIBRATION, PARAMS)
+def test_report_has_each_present_split_and_the_weights(tiny_model, cache):
+    report = evaluate_classifier(tiny_model, cache, WEIGHTS, CALIBRATION, PARAMS)
     assert set(report["splits"]) == {"valid", "test"}
     assert report["weights"]["used"] == "hed_bsds500"
     assert report["splits"]["test"]["n_images"] == 4
@@ -44,32 +47,117 @@ def test_report_has_each_present_split_and_the_weights(tiny_model, features):
     assert report["leak_free"]["test"]["n_images"] == 4
 
 
-def test_missing_test_split_is_skipped(tiny_model, features):
-    no_test = {**features, "split": np.array(["train"] * 8 + ["valid"] * 4)}
+def test_missing_test_split_is_skipped(tiny_model, cache):
+    no_test = {**cache, "split": np.array(["train"] * 8 + ["valid"] * 4)}
     report = evaluate_classifier(tiny_model, no_test, WEIGHTS, CALIBRATION, PARAMS)
     assert list(report["splits"]) == ["valid"] == list(report["leak_free"])
 
 
-def test_mlflow_metrics_are_flat_scalars(tiny_model, features):
-    report = evaluate_classifier(tiny_model, features, WEIGHTS, CALIBRATION, PARAMS)
+def test_mlflow_metrics_are_flat_scalars(tiny_model, cache):
+    report = evaluate_classifier(tiny_model, cache, WEIGHTS, CALIBRATION, PARAMS)
     flat = metrics_for_mlflow(report)
     assert flat["valid_accuracy"] == {"value": report["splits"]["valid"]["accuracy"], "step": 0}
     assert "test_recall_squamous_cell_carcinoma" in flat
     assert "valid_leak_free_macro_f1" in flat
     assert flat["temperature"]["value"] == 2.0
     assert "test_leak_free_ece_uncalibrated" in flat
-    figure = plot_confusion_matrices(report)
-    assert len(figure.axes) == 4
-    plt.close(figure)
     figure = plot_reliability_diagrams(report)
     assert len(figure.axes) == 2
     plt.close(figure)
 
 
-def test_ece_before_calibration_is_computed_from_the_temperature(tiny_model, features):
-    report = evaluate_classifier(tiny_model, features, WEIGHTS, CALIBRATION, PARAMS)
+def test_mlflow_metrics_include_balanced_accuracy_and_roc_auc(tiny_model, cache):
+    report = evaluate_classifier(tiny_model, cache, WEIGHTS, CALIBRATION, PARAMS)
+    flat = metrics_for_mlflow(report)
+    test = report["splits"]["test"]
+    assert flat["test_balanced_accuracy"] == {"value": test["balanced_accuracy"], "step": 0}
+    assert flat["test_roc_auc_macro"] == {"value": test["roc_auc"]["macro"], "step": 0}
+    for label in LABELS:
+        assert flat[f"test_roc_auc_{label}"]["value"] == test["roc_auc"]["per_class"][label]
+    assert "valid_leak_free_balanced_accuracy" in flat
+    # the leak-free valid subset has no adenocarcinoma: its AUC is undefined and not logged
+    leak_free_valid = report["leak_free"]["valid"]
+    assert leak_free_valid["roc_auc"]["per_class"]["adenocarcinoma"] is None
+    assert "valid_leak_free_roc_auc_adenocarcinoma" not in flat
+    assert "valid_leak_free_roc_auc_normal" in flat
+    assert "valid_leak_free_roc_auc_macro" in flat
+    assert all(isinstance(m["value"], float) for m in flat.values())
+
+
+def test_confusion_figure_shows_counts_and_normalized_side_by_side(tiny_model, cache):
+    report = evaluate_classifier(tiny_model, cache, WEIGHTS, CALIBRATION, PARAMS)
+    figure = plot_confusion_matrices(report)
+    axes = figure.axes
+    assert len(axes) == 2 * 4  # valid, test, and their leak-free subsets
+    titles = [axis.get_title() for axis in axes]
+    assert all("counts" in title for title in titles[0::2])
+    assert all("normalized" in title for title in titles[1::2])
+    assert titles[0].startswith("valid: counts") and titles[1].startswith("valid: normalized")
+    # the leak-free valid subset has no adenocarcinoma: its normalized row reads n/a
+    (leak_free_valid,) = [t for t in titles if t.startswith("valid leak-free: normalized")]
+    cells = [text.get_text() for text in axes[titles.index(leak_free_valid)].texts]
+    assert cells[:4] == ["n/a"] * 4
+    assert all(len(cell) == 4 and cell[1] == "." for cell in cells[4:])  # e.g. "0.67"
+    plt.close(figure)
+
+    no_test = {**cache, "split": np.array(["train"] * 8 + ["valid"] * 4)}
+    figure = plot_confusion_matrices(
+        evaluate_classifier(tiny_model, no_test, WEIGHTS, CALIBRATION, PARAMS)
+    )
+    assert len(figure.axes) == 2 * 2
+    plt.close(figure)
+
+
+def test_roc_figure_has_one_panel_per_evaluated_subset(tiny_model, cache):
+    report = evaluate_classifier(tiny_model, cache, WEIGHTS, CALIBRATION, PARAMS)
+    figure = plot_roc_curves(report)
+    assert len(figure.axes) == 4
+    by_title = {axis.get_title().split(" (")[0]: axis for axis in figure.axes}
+    assert set(by_title) == {"valid", "test", "valid leak-free", "test leak-free"}
+    test = by_title["test"]
+    macro = report["splits"]["test"]["roc_auc"]["macro"]
+    assert f"macro AUC {macro:.2f}" in test.get_title()
+    legend = [text.get_text() for text in test.get_legend().get_texts()]
+    assert legend[0].startswith("chance")
+    assert [name.split(" (AUC")[0] for name in legend[1:]] == [
+        "Adenocarcinoma", "Large cell carcinoma", "Normal", "Squamous cell carcinoma"
+    ]  # fmt: skip
+    assert len(test.lines) == 1 + len(LABELS)  # the diagonal and one curve per class
+    # a subset where a class has no curve: drawn without it, the class named as undefined
+    leak_free_valid = by_title["valid leak-free"]
+    legend = [text.get_text() for text in leak_free_valid.get_legend().get_texts()]
+    assert "Adenocarcinoma (AUC undefined)" in legend
+    drawn = [line for line in leak_free_valid.lines if len(line.get_xdata())]
+    assert len(drawn) == 1 + len(LABELS) - 1
+    plt.close(figure)
+
+    no_test = {**cache, "split": np.array(["train"] * 8 + ["valid"] * 4)}
+    figure = plot_roc_curves(evaluate_classifier(tiny_model, no_test, WEIGHTS, CALIBRATION, PARAMS))
+    assert len(figure.axes) == 2
+    plt.close(figure)
+
+
+def test_roc_figure_when_no_class_has_a_curve():
+    metrics = {
+        "n_images": 1,
+        "roc_auc": {"per_class": dict.fromkeys(LABELS), "macro": None},
+        "roc_curve": {},
+    }
+    report = {
+        "weights": WEIGHTS,
+        "splits": {"valid": metrics, "test": metrics},
+        "leak_free": {"valid": metrics},
+    }
+    figure = plot_roc_curves(report)
+    assert len(figure.axes) == 3  # a 2x2 grid less its unused panel
+    assert all("macro AUC n/a" in axis.get_title() for axis in figure.axes)
+    plt.close(figure)
+
+
+def test_ece_before_calibration_is_computed_from_the_temperature(tiny_model, cache):
+    report = evaluate_classifier(tiny_model, cache, WEIGHTS, CALIBRATION, PARAMS)
     unit = evaluate_classifier(
-        tiny_model, features, WEIGHTS, {**CALIBRATION, "temperature": 1.0}, PARAMS
+        tiny_model, cache, WEIGHTS, {**CALIBRATION, "temperature": 1.0}, PARAMS
     )
     valid = report["splits"]["valid"]
     assert 0.0 <= valid["ece"] <= 1.0
@@ -82,7 +170,7 @@ def test_grad_cam_examples_show_a_correct_and_a_wrong_answer_per_class(tiny_mode
         assess_data_quality,
         index_images,
     )
-    from chest_ct_classifier.pipelines.training.nodes import cache_frozen_features
+    from chest_ct_classifier.pipelines.training.nodes import cache_activations
 
     files = {p: (lambda d=d: d) for p, d in sample_images.items()}
     params = {
@@ -91,7 +179,12 @@ def test_grad_cam_examples_show_a_correct_and_a_wrong_answer_per_class(tiny_mode
         "split": {"mode": "official", "ratios": {"train": 1}, "seed": 0},
     }
     table, _, _ = assess_data_quality(index_images(files, params)[0], params)
-    real = cache_frozen_features(files, table, tiny_model, {"feature_batch_size": 16})
+    real = cache_activations(
+        files,
+        table,
+        tiny_model,
+        {"activation_batch_size": 16, "seed": 0, "augmentation": {"views": 0}},
+    )
 
     figure = plot_grad_cam_examples(tiny_model, files, real, PARAMS)
     assert figure.get_suptitle().startswith("Grad-CAM on test")

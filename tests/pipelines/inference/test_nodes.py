@@ -12,7 +12,7 @@ def test_predicts_every_file_and_reports_unreadable_ones(tiny_model, sample_imag
     files["corrupt.png"] = lambda: b"\x89PNG garbage"
     files["readme.txt"] = lambda: b"not an image"
 
-    predictions = predict_images(files, tiny_model, {"batch_size": 2})
+    predictions = predict_images(files, tiny_model, 2)
 
     assert list(predictions.columns) == PREDICTION_COLUMNS
     assert sorted(predictions["image"]) == sorted(files)
@@ -28,8 +28,63 @@ def test_predicts_every_file_and_reports_unreadable_ones(tiny_model, sample_imag
 
 def test_batching_does_not_change_answers(tiny_model, sample_images):
     files = {p: (lambda p=p: sample_images[p]) for p in list(sample_images)[:5]}
-    one = predict_images(files, tiny_model, {"batch_size": 1})
-    five = predict_images(files, tiny_model, {"batch_size": 5})
+    one = predict_images(files, tiny_model, 1)
+    five = predict_images(files, tiny_model, 5)
     np.testing.assert_allclose(
         one[probability_columns()].to_numpy(), five[probability_columns()].to_numpy(), atol=1e-5
     )
+
+
+def test_a_request_table_is_predicted_in_row_order_with_bad_rows_reported(
+    tiny_model, sample_images
+):
+    import base64
+
+    import pandas as pd
+
+    from chest_ct_classifier.pipelines.inference.nodes import images_from_request
+
+    paths = list(sample_images)[:3]
+    encoded = [base64.b64encode(sample_images[p]).decode("ascii") for p in paths]
+    request = pd.DataFrame({"image": [encoded[0], "%%% not base64", encoded[1], encoded[2]]})
+    predictions = predict_images(images_from_request(request), tiny_model, 2)
+    assert list(predictions["image"]) == ["0", "1", "2", "3"]
+    assert "base64" in predictions.loc[1, "error"]
+    direct = predict_images({p: (lambda p=p: sample_images[p]) for p in paths}, tiny_model, 2)
+    np.testing.assert_allclose(
+        predictions.loc[[0, 2, 3], probability_columns()].to_numpy(),
+        direct[probability_columns()].to_numpy(),
+        atol=1e-6,
+    )
+
+
+def test_a_request_without_an_image_column_is_refused():
+    import pandas as pd
+    import pytest
+
+    from chest_ct_classifier.pipelines.inference.nodes import images_from_request
+
+    with pytest.raises(ValueError, match="'image' column"):
+        images_from_request(pd.DataFrame({"picture": ["x"]}))
+
+
+def test_serving_example_has_one_image_per_class(sample_images):
+    import base64
+
+    import pandas as pd
+
+    from chest_ct_classifier.pipelines.inference.nodes import serving_input_example
+
+    table = pd.DataFrame(
+        {
+            "path": list(sample_images),
+            "split": [p.split("/")[1] for p in sample_images],
+            "label": [p.split("/")[2] for p in sample_images],
+        }
+    )
+    files = {p: (lambda p=p: sample_images[p]) for p in sample_images}
+    example = serving_input_example(files, table)
+    assert list(example.columns) == ["image"] and len(example) == len(LABELS)
+    decoded = {base64.b64decode(text) for text in example["image"]}
+    valid = {d for p, d in sample_images.items() if p.split("/")[1] == "valid"}
+    assert decoded <= valid

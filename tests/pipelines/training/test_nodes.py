@@ -1,26 +1,37 @@
 import numpy as np
 import pytest
 
+from chest_ct_classifier.activation_cache import row_probabilities
 from chest_ct_classifier.calibration import scale_probabilities
 from chest_ct_classifier.labels import LABELS
-from chest_ct_classifier.model_architecture import predict_from_features
 from chest_ct_classifier.pipelines.data_ingestion.nodes import assess_data_quality, index_images
 from chest_ct_classifier.pipelines.training.nodes import (
-    cache_frozen_features,
+    cache_activations,
     calibrate_classifier,
+    choose_training_schedule,
     train_classifier,
 )
 
-PARAMS = {"feature_batch_size": 8, "epochs": 3, "batch_size": 8, "learning_rate": 1e-3, "seed": 1}
+PARAMS = {
+    "activation_batch_size": 8,
+    "batch_size": 8,
+    "seed": 1,
+    "class_weights": "balanced",
+    "augmentation": {"views": 2, "horizontal_flip": True, "rotation_degrees": 10, "zoom": 0.1},
+    "selection": {"holdout_fraction": 0.25, "seed": 0},
+    "early_stopping": {"monitor": "loss"},
+    "phase1": {"max_epochs": 3, "patience": 1, "learning_rate": 1e-2},
+    "phase2": {"max_epochs": 2, "patience": 1, "learning_rate": 1e-4},
+}
+COPY = "Data/valid/normal/copy of n7.png"
+CONFLICT = "Data/train/adenocarcinoma_left.lower.lobe_T2_N0_M0_Ib/same as n6.jpg"
 
 
 @pytest.fixture(scope="module")
-def features(sample_images, tiny_model):
+def cache(sample_images, tiny_model):
     files = {p: (lambda d=d: d) for p, d in sample_images.items()}
-    duplicate = "Data/valid/normal/copy of n7.png"
-    files[duplicate] = files["Data/train/normal/n7.png"]
-    conflict = "Data/train/adenocarcinoma_left.lower.lobe_T2_N0_M0_Ib/same as n6.jpg"
-    files[conflict] = files["Data/train/normal/n6.jpg"]
+    files[COPY] = files["Data/train/normal/n7.png"]
+    files[CONFLICT] = files["Data/train/normal/n6.jpg"]
     params = {
         "source": "sample",
         "near_duplicate_max_distance": 2,
@@ -28,66 +39,95 @@ def features(sample_images, tiny_model):
     }
     index, _ = index_images(files, params)
     table, _, _ = assess_data_quality(index, params)
-    return cache_frozen_features(files, table, tiny_model, PARAMS)
+    return cache_activations(files, table, tiny_model, PARAMS)
 
 
-def test_features_are_cached_once_per_image_and_aligned(features, sample_images):
+@pytest.fixture(scope="module")
+def schedule(cache, tiny_model):
+    return choose_training_schedule(cache, tiny_model, PARAMS)
+
+
+def test_activations_are_cached_once_per_content_with_views_for_train_and_valid(
+    cache, sample_images
+):
     n = len(sample_images) + 2
-    assert features["features"].shape == (n, 1, 1, 512)  # 32 px input -> 1x1 after 5 pools
-    assert len(features["path"]) == len(features["label"]) == len(features["split"]) == n
-    paths = list(features["path"])
-    copy, original = (
-        paths.index("Data/valid/normal/copy of n7.png"),
-        paths.index("Data/train/normal/n7.png"),
-    )
-    np.testing.assert_array_equal(features["features"][copy], features["features"][original])
-    assert features["label"][copy] == LABELS.index("normal")
-    assert features["copy_in_train"][copy] and not features["label_conflict"][copy]
-    assert features["label_conflict"].sum() == 2  # n6.jpg and its copy under another label
+    assert len(cache["path"]) == len(cache["label"]) == len(cache["content"]) == n
+    assert cache["activations"].shape == (len(sample_images), 2, 2, 512)  # 32 px: block 4 is 2x2
+    assert cache["features"].shape == (len(sample_images), 1, 1, 512)
+    paths = list(cache["path"])
+    copy, original = paths.index(COPY), paths.index("Data/train/normal/n7.png")
+    assert cache["content"][copy] == cache["content"][original]
+    assert cache["copy_in_train"][copy] and not cache["label_conflict"][copy]
+    assert cache["label_conflict"].sum() == 2  # n6.jpg and its copy under another label
+    # views: every train/valid content without a label conflict, none of test
+    trainable = np.isin(cache["split"], ["train", "valid"]) & ~cache["label_conflict"]
+    assert set(cache["view_content"]) == set(cache["content"][trainable])
+    assert not set(cache["view_content"]) & set(cache["content"][cache["split"] == "test"])
+    assert cache["view_activations"].shape == (len(cache["view_content"]), 2, 2, 2, 512)
+    assert cache["view_activations"].dtype == np.float16
+    first = cache["view_content"][0]
+    assert not np.allclose(cache["view_activations"][0, 0], cache["activations"][first])
 
 
-def test_training_fits_the_head_only_and_reports_each_epoch(features, tiny_model):
-    before = {w.path: w.numpy().copy() for w in tiny_model.weights}
-    trained, history = train_classifier(features, tiny_model, PARAMS)
+def test_schedule_is_chosen_on_a_grouped_hold_out_of_train_and_valid(schedule, cache):
+    chosen, history = schedule
+    assert 0 <= chosen["phase1_epochs"] <= 3 and 0 <= chosen["phase2_epochs"] <= 2
+    losses = [r["value"] for r in history["phase1_monitor_loss"]]
+    if chosen["phase1_epochs"]:  # the kept epoch has the lowest hold-out loss
+        assert losses[chosen["phase1_epochs"] - 1] == min(losses)
+    pool = len(set(cache["content"][np.isin(cache["split"], ["train", "valid"])
+                                    & ~cache["label_conflict"]]))  # fmt: skip
+    assert chosen["fit_images"] + chosen["holdout_images"] == pool
+    assert sum(chosen["holdout_per_class"].values()) == chosen["holdout_images"]
+    assert all(n > 0 for n in chosen["holdout_per_class"].values())
+    steps = [r["step"] for r in history["phase1_monitor_loss"]]
+    assert steps == list(range(1, len(steps) + 1))
+    assert "phase2_monitor_macro_f1" in history
 
-    assert set(history) == {"train_loss", "train_accuracy", "valid_loss", "valid_accuracy"}
-    assert [item["step"] for item in history["train_loss"]] == [1, 2, 3]
-    after = {w.path: w.numpy() for w in trained.weights}
+
+def test_test_images_never_influence_the_schedule(cache, schedule, tiny_model):
+    poisoned = {**cache, "activations": cache["activations"].copy()}
+    test_contents = cache["content"][cache["split"] == "test"]
+    poisoned["activations"][test_contents] = np.nan
+    again, _ = choose_training_schedule(poisoned, tiny_model, PARAMS)
+    assert again == schedule[0]
+
+
+def test_refit_trains_on_train_for_the_scheduled_epochs(cache, schedule, tiny_model):
+    chosen = {**schedule[0], "phase1_epochs": 2, "phase2_epochs": 1}
+    trained, history = train_classifier(cache, tiny_model, chosen, PARAMS)
+    assert [r["step"] for r in history["phase1_train_loss"]] == [1, 2]
+    assert [r["step"] for r in history["phase2_valid_accuracy"]] == [1]
+    assert not trained.get_layer("block5_conv1").trainable
     changed = {
-        path.split("/")[0] for path in before if not np.array_equal(before[path], after[path])
+        w.path.split("/")[0]
+        for w, v in zip(tiny_model.weights, trained.weights, strict=True)
+        if not np.array_equal(w.numpy(), v.numpy())
     }
-    assert changed == {"head_norm", "head_hidden", "head_output"}
-    # the input model is left as it was
-    for w in tiny_model.weights:
-        np.testing.assert_array_equal(w.numpy(), before[w.path])
+    assert {"block5_conv3", "head_output"} <= changed
 
 
-def test_training_is_reproducible_with_a_seed(features, tiny_model):
-    _, first = train_classifier(features, tiny_model, PARAMS)
-    _, second = train_classifier(features, tiny_model, PARAMS)
-    assert first["train_loss"] == second["train_loss"]
-
-
-def test_no_training_split_is_an_error(features, tiny_model):
-    only_valid = {**features, "split": np.full(len(features["split"]), "valid")}
+def test_no_training_split_is_an_error(cache, schedule, tiny_model):
+    only_valid = {**cache, "split": np.full(len(cache["split"]), "valid")}
     with pytest.raises(ValueError, match="no training images"):
-        train_classifier(only_valid, tiny_model, PARAMS)
+        train_classifier(only_valid, tiny_model, schedule[0], PARAMS)
 
 
-def test_calibration_fits_on_valid_and_folds_the_temperature_into_the_model(features, tiny_model):
-    trained, _ = train_classifier(features, tiny_model, PARAMS)
-    calibrated, record = calibrate_classifier(trained, features, PARAMS)
-    assert record["fitted_on"] == "valid" and record["n_images"] == 13
+def test_calibration_fits_on_leak_free_valid_and_folds_the_temperature_in(cache, tiny_model):
+    calibrated, record = calibrate_classifier(tiny_model, cache, PARAMS)
+    # 13 valid files, of which the copy of a train image is left out
+    assert record["fitted_on"] == "valid" and record["n_images"] == 12
     assert record["nll_after"] <= record["nll_before"] + 1e-9
-    x = features["features"]
-    expected = scale_probabilities(predict_from_features(trained, x, 8), record["temperature"])
-    np.testing.assert_allclose(predict_from_features(calibrated, x, 8), expected, atol=1e-5)
+    rows = np.ones(len(cache["path"]), dtype=bool)
+    expected = scale_probabilities(
+        row_probabilities(tiny_model, cache, rows, 8), record["temperature"]
+    )
+    np.testing.assert_allclose(row_probabilities(calibrated, cache, rows, 8), expected, atol=1e-5)
+    assert LABELS  # probabilities are over the four labels
+    assert expected.shape == (len(cache["path"]), len(LABELS))
 
 
-def test_without_valid_images_nothing_is_calibrated(features, tiny_model):
-    no_valid = {
-        **features,
-        "split": np.where(features["split"] == "valid", "test", features["split"]),
-    }
+def test_without_valid_images_nothing_is_calibrated(cache, tiny_model):
+    no_valid = {**cache, "split": np.where(cache["split"] == "valid", "test", cache["split"])}
     model, record = calibrate_classifier(tiny_model, no_valid, PARAMS)
     assert model is tiny_model and record["temperature"] == 1.0 and record["fitted_on"] is None

@@ -13,6 +13,7 @@ matplotlib.use("Agg")  # headless: figures are written to files, never shown
 import matplotlib.pyplot as plt
 import numpy as np
 
+from chest_ct_classifier.activation_cache import row_probabilities
 from chest_ct_classifier.calibration import (
     expected_calibration_error,
     reliability_bins,
@@ -21,7 +22,7 @@ from chest_ct_classifier.calibration import (
 from chest_ct_classifier.explanation import grad_cam, overlay_heatmap
 from chest_ct_classifier.labels import DISPLAY_NAMES, LABELS
 from chest_ct_classifier.metrics import classification_metrics
-from chest_ct_classifier.model_architecture import image_size_of, predict_from_features
+from chest_ct_classifier.model_architecture import image_size_of
 from chest_ct_classifier.preprocessing import decode_image, image_to_array, scale_for_vgg16
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ EVALUATED_SPLITS = ("valid", "test")
 
 def evaluate_classifier(
     model: keras.Model,
-    features: dict[str, np.ndarray],
+    cache: dict[str, Any],
     weights_info: dict[str, Any],
     calibration: dict[str, Any],
     parameters: dict[str, Any],
@@ -39,9 +40,10 @@ def evaluate_classifier(
     """Metrics of the trained model on each evaluated split present in the data, on the official
     split and on its leak-free subset (images with no exact or near copy in train).
 
-    The trained head is applied to the cached output of the frozen base: the same computation
-    as the whole model on the images, without running VGG16 again. The model serves
-    temperature-scaled probabilities; ``ece_uncalibrated`` is the ECE the same model had before.
+    The trained layers (block 5 and the head) are applied to the cached block-4 activations:
+    the same computation as the whole model on the images, without running VGG16 again. The
+    model serves temperature-scaled probabilities; ``ece_uncalibrated`` is the ECE the same
+    model had before.
     """
     batch_size = int(parameters["batch_size"])
     n_bins = int(parameters["calibration_bins"])
@@ -54,14 +56,14 @@ def evaluate_classifier(
         "reliability": {},
     }
     for split in EVALUATED_SPLITS:
-        in_split = features["split"] == split
+        in_split = cache["split"] == split
         if not in_split.any():
             logger.info("No %s images: %s metrics skipped", split, split)
             continue
-        probabilities = predict_from_features(model, features["features"][in_split], batch_size)
+        probabilities = row_probabilities(model, cache, in_split, batch_size)
         uncalibrated = scale_probabilities(probabilities, 1.0 / temperature)
-        labels = features["label"][in_split]
-        leak_free = ~features["copy_in_train"][in_split]
+        labels = cache["label"][in_split]
+        leak_free = ~cache["copy_in_train"][in_split]
         for subset, mask in (("splits", slice(None)), ("leak_free", leak_free)):
             if len(labels[mask]) == 0:
                 continue
@@ -98,44 +100,103 @@ def _evaluated(report: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
 
 
 def metrics_for_mlflow(report: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Flat scalar metrics (``valid_accuracy``, ``test_leak_free_macro_f1``, ...) for MLflow."""
+    """Flat scalar metrics (``valid_accuracy``, ``test_leak_free_macro_f1``,
+    ``valid_roc_auc_normal``, ...) for MLflow; undefined ROC AUCs (None) are not logged."""
     flat: dict[str, float] = {}
     for name, _, metrics in _evaluated(report):
-        for key in ("accuracy", "macro_f1", "loss", "ece", "ece_uncalibrated"):
+        for key in ("accuracy", "balanced_accuracy", "macro_f1", "loss", "ece", "ece_uncalibrated"):
             flat[f"{name}_{key}"] = metrics[key]
         for label, scores in metrics["per_class"].items():
             for key in ("precision", "recall", "f1"):
                 flat[f"{name}_{key}_{label}"] = scores[key]
+        roc_auc = metrics["roc_auc"]
+        if roc_auc["macro"] is not None:
+            flat[f"{name}_roc_auc_macro"] = roc_auc["macro"]
+        for label, auc in roc_auc["per_class"].items():
+            if auc is not None:
+                flat[f"{name}_roc_auc_{label}"] = auc
     flat["temperature"] = report["calibration"]["temperature"]
     return {name: {"value": float(value), "step": 0} for name, value in flat.items()}
 
 
 def plot_confusion_matrices(report: dict[str, Any]) -> plt.Figure:
-    """One confusion matrix per evaluated subset (counts, rows = true class)."""
+    """Per evaluated subset, one row of two panels: the confusion matrix in counts, and the same
+    matrix normalized by true class (each row divided by its class's image count, so the
+    diagonal is the per-class recall). Rows of a class with no images read "n/a"."""
+    panels = _evaluated(report)
+    figure, axes = plt.subplots(
+        len(panels), 2, figsize=(12.5, 6 * len(panels)), squeeze=False, layout="constrained"
+    )
+    names = [DISPLAY_NAMES[label].replace(" ", "\n", 1) for label in LABELS]
+    for row_axes, (_, title, metrics) in zip(axes, panels, strict=True):
+        counts = np.asarray(metrics["confusion_matrix"])
+        normalized = np.asarray(metrics["confusion_matrix_normalized"], dtype=float)
+        fractions = np.char.mod("%.2f", normalized)
+        fractions[counts.sum(axis=1) == 0] = "n/a"  # a class with no images: no fractions
+        drawn = (
+            (counts, max(int(counts.max()), 1), counts.astype(str),
+             f"{title}: counts ({metrics['n_images']} images)\n"
+             f"accuracy {metrics['accuracy']:.2f}, macro-F1 {metrics['macro_f1']:.2f}"),
+            (normalized, 1.0, fractions,
+             f"{title}: normalized by true class (rows sum to 1)\n"
+             f"balanced accuracy {metrics['balanced_accuracy']:.2f}"),
+        )  # fmt: skip
+        for axis, (matrix, vmax, cells, panel_title) in zip(row_axes, drawn, strict=True):
+            axis.imshow(matrix, cmap="Blues", vmin=0, vmax=vmax)
+            for (row, column), value in np.ndenumerate(matrix):
+                colour = "white" if value > vmax / 2 else "black"
+                axis.text(column, row, cells[row, column], ha="center", va="center", color=colour)
+            axis.set_xticks(range(len(LABELS)), names, fontsize=8)
+            axis.set_yticks(range(len(LABELS)), names, fontsize=8)
+            axis.set_xlabel("predicted")
+            axis.set_ylabel("true")
+            axis.set_title(panel_title, fontsize=10)
+    figure.suptitle(f"Confusion matrices (VGG16 weights: {report['weights']['used']})")
+    return figure
+
+
+def plot_roc_curves(report: dict[str, Any]) -> plt.Figure:
+    """One-vs-rest ROC curves, one panel per evaluated subset and one curve per class, drawn
+    from the metrics report alone; a class with no curve there (no positive or no negative
+    image) is named in the legend with its AUC undefined."""
     panels = _evaluated(report)
     columns = min(2, len(panels))
     rows = -(-len(panels) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(6.5 * columns, 6 * rows), squeeze=False)
-    names = [DISPLAY_NAMES[label].replace(" ", "\n", 1) for label in LABELS]
+    figure, axes = plt.subplots(
+        rows, columns, figsize=(6 * columns, 6 * rows), squeeze=False, layout="constrained"
+    )
     for axis in axes.flat[len(panels) :]:
-        axis.axis("off")
+        figure.delaxes(axis)  # exactly one axes per subset
+    colours = plt.get_cmap("tab10").colors
     for axis, (_, title, metrics) in zip(axes.flat, panels, strict=False):
-        matrix = np.asarray(metrics["confusion_matrix"])
-        axis.imshow(matrix, cmap="Blues")
-        for (row, column), count in np.ndenumerate(matrix):
-            colour = "white" if count > matrix.max() / 2 else "black"
-            axis.text(column, row, str(count), ha="center", va="center", color=colour)
-        axis.set_xticks(range(len(LABELS)), names, fontsize=8)
-        axis.set_yticks(range(len(LABELS)), names, fontsize=8)
-        axis.set_xlabel("predicted")
-        axis.set_ylabel("true")
+        axis.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance (AUC 0.50)")
+        for index, label in enumerate(LABELS):
+            curve = metrics["roc_curve"].get(label)
+            auc = metrics["roc_auc"]["per_class"][label]
+            if curve is None or auc is None:
+                axis.plot([], [], " ", label=f"{DISPLAY_NAMES[label]} (AUC undefined)")
+                continue
+            axis.plot(
+                curve["fpr"],
+                curve["tpr"],
+                color=colours[index % len(colours)],
+                label=f"{DISPLAY_NAMES[label]} (AUC {auc:.2f})",
+            )
+        axis.set_xlim(0, 1)
+        axis.set_ylim(0, 1.01)
+        axis.set_aspect("equal")
+        axis.set_xlabel("false positive rate")
+        axis.set_ylabel("true positive rate")
+        macro = metrics["roc_auc"]["macro"]
         axis.set_title(
-            f"{title} ({metrics['n_images']} images): accuracy {metrics['accuracy']:.2f}, "
-            f"macro-F1 {metrics['macro_f1']:.2f}",
+            f"{title} ({metrics['n_images']} images): macro AUC "
+            f"{'n/a' if macro is None else f'{macro:.2f}'}",
             fontsize=10,
         )
-    figure.suptitle(f"Confusion matrices (VGG16 weights: {report['weights']['used']})")
-    figure.tight_layout()
+        axis.legend(loc="lower right", fontsize=8)
+    figure.suptitle(
+        f"ROC curves, each class against the rest (VGG16 weights: {report['weights']['used']})"
+    )
     return figure
 
 
@@ -170,18 +231,16 @@ def plot_reliability_diagrams(report: dict[str, Any]) -> plt.Figure:
 def plot_grad_cam_examples(
     model: keras.Model,
     images: dict[str, Callable[[], bytes]],
-    features: dict[str, np.ndarray],
+    cache: dict[str, Any],
     parameters: dict[str, Any],
 ) -> plt.Figure:
     """Grad-CAM overlays: per class, the most confident correct and wrong answer on test (on
     valid when there is no test), so a reader sees what the model looks at, shortcuts included.
     """
-    split = "test" if (features["split"] == "test").any() else "valid"
-    in_split = features["split"] == split
-    probabilities = predict_from_features(
-        model, features["features"][in_split], int(parameters["batch_size"])
-    )
-    paths, labels = features["path"][in_split], features["label"][in_split]
+    split = "test" if (cache["split"] == "test").any() else "valid"
+    in_split = cache["split"] == split
+    probabilities = row_probabilities(model, cache, in_split, int(parameters["batch_size"]))
+    paths, labels = cache["path"][in_split], cache["label"][in_split]
     predicted = probabilities.argmax(axis=1)
     size = image_size_of(model)
     figure, axes = plt.subplots(len(LABELS), 2, figsize=(7, 3.4 * len(LABELS)), squeeze=False)
@@ -206,8 +265,3 @@ def plot_grad_cam_examples(
     figure.suptitle(f"Grad-CAM on {split}: most confident correct and wrong answer per class")
     figure.tight_layout()
     return figure
-
-
-def model_for_registry(model: keras.Model) -> keras.Model:
-    """The trained model, handed to MLflow to log and register (identity)."""
-    return model

@@ -1,14 +1,18 @@
-"""Evaluation: metrics and plots to data/08_reporting and MLflow; the model registered."""
+"""Evaluation: metrics and plots to data/08_reporting and MLflow; an example request for the
+served model (the model itself is logged and registered by pipeline_registry's
+pipeline_ml_factory at the end of the run)."""
 
 from kedro.pipeline import Pipeline, node, pipeline
+
+from chest_ct_classifier.pipelines.inference.nodes import serving_input_example
 
 from .nodes import (
     evaluate_classifier,
     metrics_for_mlflow,
-    model_for_registry,
     plot_confusion_matrices,
     plot_grad_cam_examples,
     plot_reliability_diagrams,
+    plot_roc_curves,
 )
 
 
@@ -19,7 +23,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 evaluate_classifier,
                 inputs=[
                     "trained_model",
-                    "frozen_features",
+                    "cached_activations",
                     "weights_info",
                     "calibration",
                     "params:evaluation",
@@ -40,17 +44,23 @@ def create_pipeline(**kwargs) -> Pipeline:
                 "reliability_plot",
                 name="plot_reliability_diagrams",
             ),
+            node(plot_roc_curves, "metrics", "roc_plot", name="plot_roc_curves"),
             node(
                 plot_grad_cam_examples,
-                inputs=["trained_model", "ingested_images", "frozen_features", "params:evaluation"],
+                inputs=[
+                    "trained_model",
+                    "ingested_images",
+                    "cached_activations",
+                    "params:evaluation",
+                ],
                 outputs="grad_cam_plot",
                 name="plot_grad_cam_examples",
             ),
             node(
-                model_for_registry,
-                "trained_model",
-                "registered_model",
-                name="register_model",
+                serving_input_example,
+                inputs=["ingested_images", "image_table"],
+                outputs="serving_input",
+                name="serving_input_example",
             ),
         ]
     )

@@ -1,9 +1,11 @@
-"""Batch inference: predict every file under a folder or archive with the trained model."""
+"""Inference: predict every image of a folder or archive, or of a request to the served model."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import keras
@@ -20,17 +22,18 @@ PREDICTION_COLUMNS = ["image", "label", *probability_columns(), "error"]
 
 
 def predict_images(
-    images: dict[str, Callable[[], bytes]], model: keras.Model, parameters: dict[str, Any]
+    images: Mapping[str, Callable[[], bytes]], model: keras.Model, batch_size: int
 ) -> pd.DataFrame:
-    """One row per file: predicted label and class probabilities, or why it could not be read.
+    """One row per image, in the order given: predicted label and class probabilities, or why
+    it could not be read.
 
-    Files that cannot be read as images are reported in ``error`` and do not stop the run.
+    Images that cannot be read are reported in ``error`` and do not stop the run.
     """
     image_size = image_size_of(model)
-    batch_size = int(parameters["batch_size"])
+    batch_size = int(batch_size)
     rows: list[dict[str, Any]] = []
     readable: list[tuple[int, np.ndarray]] = []
-    for path in sorted(images):
+    for path in images:
         row = {"image": path, "label": None, "error": None}
         try:
             readable.append((len(rows), preprocess_image_bytes(images[path](), image_size)))
@@ -49,3 +52,33 @@ def predict_images(
 
     logger.info("Predictions: %d images, %d unreadable", len(rows), len(rows) - len(readable))
     return pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
+
+
+def _decode_base64(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise UnreadableImageError(f"not valid base64: {exc}") from exc
+
+
+def images_from_request(request: pd.DataFrame) -> dict[str, Callable[[], bytes]]:
+    """The images of a request to the served model: one per row, base64 file bytes in column
+    ``image``, named by the row's position (``0``, ``1``, ...) in the predictions."""
+    if "image" not in request.columns:
+        raise ValueError(f"the request needs an 'image' column, got {list(request.columns)}")
+    return {
+        str(position): (lambda text=text: _decode_base64(str(text)))
+        for position, text in enumerate(request["image"])
+    }
+
+
+def serving_input_example(
+    images: Mapping[str, Callable[[], bytes]], image_table: pd.DataFrame
+) -> pd.DataFrame:
+    """A request to the served model, written at training time: MLflow infers the model's input
+    signature from it. One image per class, from valid (train when there is no valid)."""
+    split = "valid" if (image_table["split"] == "valid").any() else "train"
+    chosen = image_table[image_table["split"] == split].sort_values("path")
+    chosen = chosen.drop_duplicates("label")["path"]
+    encoded = [base64.b64encode(images[path]()).decode("ascii") for path in chosen]
+    return pd.DataFrame({"image": encoded})

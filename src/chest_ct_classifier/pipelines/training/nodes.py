@@ -1,4 +1,5 @@
-"""Training: run the frozen base once per image, then train the head on the cached features."""
+"""Training: cache the frozen layers' activations once, choose the schedule on a leak-free
+hold-out of train+valid, refit on train, calibrate on valid."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import keras
 import numpy as np
 import pandas as pd
 
+from chest_ct_classifier.activation_cache import cached_images, contents_of
+from chest_ct_classifier.augmentation import augment, augmentation_model
 from chest_ct_classifier.calibration import (
     apply_temperature,
     fit_temperature,
@@ -18,152 +21,253 @@ from chest_ct_classifier.calibration import (
 )
 from chest_ct_classifier.labels import LABELS
 from chest_ct_classifier.model_architecture import (
+    CACHED_LAYER,
     FEATURE_LAYER,
     feature_extractor,
     image_size_of,
     model_after,
-    predict_from_features,
 )
-from chest_ct_classifier.preprocessing import preprocess_image_bytes
+from chest_ct_classifier.preprocessing import decode_image, image_to_array, scale_for_vgg16
+from chest_ct_classifier.splitting import grouped_split
+from chest_ct_classifier.two_phase_training import (
+    PhaseResult,
+    predict_in_batches,
+    train_two_phase,
+)
 
 logger = logging.getLogger(__name__)
 
+# Splits whose images may be trained on (train) or steer training (valid, via the hold-out).
+POOL_SPLITS = ("train", "valid")
 
-def cache_frozen_features(
+
+def cache_activations(
     images: dict[str, Callable[[], bytes]],
     image_table: pd.DataFrame,
     model: keras.Model,
     parameters: dict[str, Any],
-) -> dict[str, np.ndarray]:
-    """Output of the frozen convolution base for every usable image, computed once.
+) -> dict[str, Any]:
+    """Activations of the frozen layers for every usable image, and for augmented views of the
+    images training may use, computed once.
 
-    Byte-identical files (the archive holds many) are computed once and shared.
+    Byte-identical files (the archive holds many) are one *content*, computed once.
 
     Returns:
-        Arrays aligned by row: ``path``, ``split``, ``label`` (index into LABELS), ``sha256``,
-        ``copy_in_train`` and ``label_conflict`` (from the image table) and ``features``
-        (N, h, w, 512) float32.
+        Row arrays aligned with the usable files sorted by path: ``path``, ``split``, ``label``
+        (index into LABELS), ``sha256``, ``group`` (near-duplicate group), ``copy_in_train``,
+        ``label_conflict`` and ``content`` (row -> content index). Per content:
+        ``activations`` (block 4 output, float32) and ``features`` (frozen block 5 output,
+        float32). For the contents of train and valid files without a label conflict:
+        ``view_content`` (their content indices) and ``view_activations``/``view_features``
+        (contents, views, ...) in float16.
     """
     rows = image_table[image_table["path"].isin(list(images))].sort_values("path")
-    extractor = feature_extractor(model, FEATURE_LAYER)
-    image_size = image_size_of(model)
-    batch_size = int(parameters["feature_batch_size"])
+    contents = rows.drop_duplicates("sha256")
+    content_of = {digest: i for i, digest in enumerate(contents["sha256"])}
+    size = image_size_of(model)
+    batch_size = int(parameters["activation_batch_size"])
+    blocks_1_to_4 = feature_extractor(model, CACHED_LAYER)
+    block_5 = model_after(model, CACHED_LAYER, until=FEATURE_LAYER)
 
-    unique_paths = rows.drop_duplicates("sha256")["path"].tolist()
-    computed: dict[str, np.ndarray] = {}
-    for start in range(0, len(unique_paths), batch_size):
-        chunk = unique_paths[start : start + batch_size]
-        batch = np.stack([preprocess_image_bytes(images[p](), image_size) for p in chunk])
-        outputs = np.asarray(extractor.predict_on_batch(batch), dtype=np.float32)
-        computed.update(zip(chunk, outputs, strict=True))
-        logger.info("Frozen features: %d/%d images", len(computed), len(unique_paths))
-    by_hash = dict(zip(rows.drop_duplicates("sha256")["sha256"], unique_paths, strict=True))
-    features = np.stack([computed[by_hash[digest]] for digest in rows["sha256"]])
+    def frozen_outputs(rgb: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+        activations, features = [], []
+        step = max(1, len(rgb) // 10 // batch_size) * batch_size
+        for start in range(0, len(rgb), batch_size):
+            block_4 = np.asarray(
+                blocks_1_to_4.predict_on_batch(scale_for_vgg16(rgb[start : start + batch_size]))
+            )
+            activations.append(block_4)
+            features.append(np.asarray(block_5.predict_on_batch(block_4)))
+            if (start + batch_size) % step == 0 or start + batch_size >= len(rgb):
+                done = min(start + batch_size, len(rgb))
+                logger.info("Frozen activations, %s: %d/%d images", what, done, len(rgb))
+        return np.concatenate(activations), np.concatenate(features)
+
+    rgb = np.stack([image_to_array(decode_image(images[p]()), size) for p in contents["path"]])
+    activations, features = frozen_outputs(rgb, "originals")
+
+    trainable = rows["split"].isin(POOL_SPLITS) & ~rows["label_conflict"]
+    view_content = np.unique(rows.loc[trainable, "sha256"].map(content_of).to_numpy(dtype=int))
+    augmentation = parameters["augmentation"]
+    n_views = int(augmentation["views"])
+    views = augmentation_model(augmentation, int(parameters["seed"]))
+    view_activations, view_features = [], []
+    for view in range(n_views):
+        augmented = np.concatenate(
+            [augment(rgb[view_content[i : i + batch_size]], views)
+             for i in range(0, len(view_content), batch_size)]
+        ) if len(view_content) else rgb[:0]  # fmt: skip
+        block_4, block_5_out = frozen_outputs(augmented, f"view {view + 1}/{n_views}")
+        view_activations.append(block_4.astype(np.float16))
+        view_features.append(block_5_out.astype(np.float16))
+    empty = (len(view_content), 0)
     return {
         "path": rows["path"].to_numpy(dtype=str),
         "split": rows["split"].to_numpy(dtype=str),
         "label": rows["label"].map(LABELS.index).to_numpy(dtype=np.int64),
         "sha256": rows["sha256"].to_numpy(dtype=str),
+        "group": rows["group"].to_numpy(dtype=np.int64),
         "copy_in_train": rows["copy_in_train"].to_numpy(dtype=bool),
         "label_conflict": rows["label_conflict"].to_numpy(dtype=bool),
+        "content": rows["sha256"].map(content_of).to_numpy(dtype=np.int64),
+        "activations": activations,
         "features": features,
+        "view_content": view_content,
+        "view_activations": np.stack(view_activations, axis=1)
+        if n_views
+        else np.zeros((*empty, *activations.shape[1:]), np.float16),
+        "view_features": np.stack(view_features, axis=1)
+        if n_views
+        else np.zeros((*empty, *features.shape[1:]), np.float16),
     }
 
 
-def _split(features: dict[str, np.ndarray], split: str) -> tuple[np.ndarray, np.ndarray]:
+def _without_conflicts(cache: dict[str, Any], split: str | tuple[str, ...]) -> np.ndarray:
     # Files whose exact copies carry another label teach nothing but noise.
-    mask = (features["split"] == split) & ~features["label_conflict"]
-    return features["features"][mask], features["label"][mask]
+    return np.isin(cache["split"], split) & ~cache["label_conflict"]
 
 
-def _history_for_mlflow(history: dict[str, list[float]]) -> dict[str, list[dict[str, float]]]:
-    names = {
-        "loss": "train_loss",
-        "accuracy": "train_accuracy",
-        "val_loss": "valid_loss",
-        "val_accuracy": "valid_accuracy",
+def _phase_history(phases: dict[str, PhaseResult]) -> dict[str, list[dict[str, float]]]:
+    """Per-epoch scores shaped for kedro-mlflow's metrics history (``phase1_train_loss``...)."""
+    history: dict[str, list[dict[str, float]]] = {}
+    for phase, result in phases.items():
+        for epoch, record in enumerate(result.history, 1):
+            for key, value in record.items():
+                history.setdefault(f"{phase}_{key}", []).append({"value": value, "step": epoch})
+    return history
+
+
+def choose_training_schedule(
+    cache: dict[str, Any], model: keras.Model, parameters: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, list[dict[str, float]]]]:
+    """Choose each phase's number of epochs on a leak-free hold-out of train+valid.
+
+    Valid alone (72 images in the archive, most of its normals copies of train images) is too
+    small and too leaky to steer training. The hold-out takes whole near-duplicate groups, class
+    by class, from train and valid together, so no copy of a held-out image is trained on.
+    Test images are never used.
+
+    Returns:
+        The schedule (epochs per phase, hold-out sizes and scores) and the hold-out run's
+        per-epoch history for MLflow.
+    """
+    selection = parameters["selection"]
+    pool = _without_conflicts(cache, POOL_SPLITS)
+    content, labels = contents_of(cache, pool)
+    groups = pd.Series(cache["group"][pool]).groupby(cache["content"][pool]).first()[content]
+    side = grouped_split(
+        groups.reset_index(drop=True),
+        pd.Series(labels),
+        {"fit": 1.0 - float(selection["holdout_fraction"]),
+         "holdout": float(selection["holdout_fraction"])},
+        int(selection["seed"]),
+    ).to_numpy()  # fmt: skip
+    fit, holdout = side == "fit", side == "holdout"
+    if not holdout.any() or not fit.any():
+        raise ValueError(
+            f"cannot hold out {selection['holdout_fraction']} of {len(content)} train+valid "
+            "images by near-duplicate group: too few images"
+        )
+    logger.info(
+        "Choosing the schedule: training on %d images, monitoring %d held-out images "
+        "(%d groups, no copies in training)",
+        fit.sum(), holdout.sum(), groups[holdout].nunique(),
+    )  # fmt: skip
+    _, phases = train_two_phase(
+        model,
+        cached_images(cache, content[fit], labels[fit], with_views=True),
+        parameters,
+        monitor=cached_images(cache, content[holdout], labels[holdout], with_views=False),
+    )
+    schedule = {
+        "phase1_epochs": phases["phase1"].best_epoch,
+        "phase2_epochs": phases["phase2"].best_epoch,
+        "monitor": parameters["early_stopping"]["monitor"],
+        "fit_images": int(fit.sum()),
+        "holdout_images": int(holdout.sum()),
+        "holdout_per_class": {
+            label: int((labels[holdout] == i).sum()) for i, label in enumerate(LABELS)
+        },
+        "holdout_scores": {phase: result.scores_kept() for phase, result in phases.items()},
     }
-    return {
-        names[key]: [{"value": float(v), "step": epoch} for epoch, v in enumerate(values, 1)]
-        for key, values in history.items()
-        if key in names
-    }
-
-
-class _EpochLogger(keras.callbacks.Callback):
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        shown = ", ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items())
-        logger.info("Epoch %d: %s", epoch + 1, shown)
+    logger.info(
+        "Schedule: phase 1 %d epochs, phase 2 %d epochs (hold-out scores at those epochs: %s)",
+        schedule["phase1_epochs"], schedule["phase2_epochs"], schedule["holdout_scores"],
+    )  # fmt: skip
+    return schedule, _phase_history(phases)
 
 
 def train_classifier(
-    features: dict[str, np.ndarray], model: keras.Model, parameters: dict[str, Any]
+    cache: dict[str, Any],
+    model: keras.Model,
+    schedule: dict[str, Any],
+    parameters: dict[str, Any],
 ) -> tuple[keras.Model, dict[str, list[dict[str, float]]]]:
-    """Train the head on cached features; return the whole trained model and its history.
+    """Refit on the whole train split for the chosen number of epochs per phase.
 
-    The history (per-epoch loss and accuracy on train and valid) is shaped for kedro-mlflow's
-    metrics history dataset.
+    Valid is scored after every epoch for the record only; it decides nothing here.
     """
-    keras.utils.set_random_seed(int(parameters["seed"]))
-    trained = keras.models.clone_model(model)
-    trained.set_weights(model.get_weights())
-    head = model_after(trained, FEATURE_LAYER)
-    head.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=float(parameters["learning_rate"])),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    dropped = features["path"][features["label_conflict"] & (features["split"] == "train")]
+    dropped = cache["path"][cache["label_conflict"] & (cache["split"] == "train")]
     if len(dropped):
         logger.warning(
             "Not training on %d files with conflicting labels: %s", len(dropped), dropped
         )
-    x_train, y_train = _split(features, "train")
-    x_valid, y_valid = _split(features, "valid")
-    if len(x_train) == 0:
-        raise ValueError("no training images in the cached features")
+    content, labels = contents_of(cache, _without_conflicts(cache, "train"))
+    if len(content) == 0:
+        raise ValueError("no training images in the cached activations")
+    valid_content, valid_labels = contents_of(cache, _without_conflicts(cache, "valid"))
     logger.info(
-        "Training the head on %d images (validating on %d) for %d epochs",
-        len(x_train),
-        len(x_valid),
-        parameters["epochs"],
+        "Training on %d distinct train images with %d augmented views each: phase 1 %d epochs, "
+        "phase 2 %d epochs",
+        len(content), cache["view_activations"].shape[1],
+        schedule["phase1_epochs"], schedule["phase2_epochs"],
+    )  # fmt: skip
+    trained, phases = train_two_phase(
+        model,
+        cached_images(cache, content, labels, with_views=True),
+        parameters,
+        monitor=cached_images(cache, valid_content, valid_labels, with_views=False)
+        if len(valid_content)
+        else None,
+        epochs=(int(schedule["phase1_epochs"]), int(schedule["phase2_epochs"])),
     )
-    history = head.fit(
-        x_train,
-        y_train,
-        validation_data=(x_valid, y_valid) if len(x_valid) else None,
-        epochs=int(parameters["epochs"]),
-        batch_size=int(parameters["batch_size"]),
-        shuffle=True,
-        verbose=0,
-        callbacks=[_EpochLogger()],
-    )
-    return trained, _history_for_mlflow(history.history)
+    history = {
+        key.replace("monitor_", "valid_"): values for key, values in _phase_history(phases).items()
+    }
+    return trained, history
 
 
 def calibrate_classifier(
-    model: keras.Model, features: dict[str, np.ndarray], parameters: dict[str, Any]
+    model: keras.Model, cache: dict[str, Any], parameters: dict[str, Any]
 ) -> tuple[keras.Model, dict[str, Any]]:
     """Temperature-scale the trained model on valid, so that it serves calibrated probabilities.
 
-    Only valid is used (never test). Without valid images the model is left as it is (T = 1).
+    Only valid images with no copy in train are used: copies of training images are answered
+    with a confidence no new image earns. Never test. Without such images the model is left as
+    it is (T = 1).
     """
-    x_valid, y_valid = _split(features, "valid")
-    if len(x_valid) == 0:
-        logger.warning("No valid images: probabilities are NOT calibrated (temperature 1)")
+    leak_free = (cache["split"] == "valid") & ~cache["copy_in_train"]
+    content, labels = contents_of(cache, leak_free & ~cache["label_conflict"])
+    if len(content) == 0:
+        logger.warning("No leak-free valid images: probabilities are NOT calibrated (T = 1)")
         return model, {"temperature": 1.0, "fitted_on": None, "n_images": 0}
-    probabilities = predict_from_features(model, x_valid, int(parameters["batch_size"]))
-    temperature = fit_temperature(probabilities, y_valid)
+    probabilities = predict_in_batches(
+        model_after(model, CACHED_LAYER),
+        cache["activations"][content],
+        int(parameters["batch_size"]),
+    )
+    temperature = fit_temperature(probabilities, labels)
     calibrated = scale_probabilities(probabilities, temperature)
     record = {
         "temperature": temperature,
         "fitted_on": "valid",
-        "n_images": len(y_valid),
-        "nll_before": negative_log_likelihood(probabilities, y_valid),
-        "nll_after": negative_log_likelihood(calibrated, y_valid),
+        "subset": "leak_free",
+        "n_images": len(labels),
+        "nll_before": negative_log_likelihood(probabilities, labels),
+        "nll_after": negative_log_likelihood(calibrated, labels),
     }
     logger.info(
-        "Temperature scaling on %d valid images: T = %.3f, NLL %.3f -> %.3f",
-        len(y_valid), temperature, record["nll_before"], record["nll_after"],
+        "Temperature scaling on %d leak-free valid images: T = %.3f, NLL %.3f -> %.3f",
+        len(labels), temperature, record["nll_before"], record["nll_after"],
     )  # fmt: skip
     return apply_temperature(model, temperature), record

@@ -1,28 +1,45 @@
-"""Training: cache the frozen base's features, then train the head on them."""
+"""Training: cache the frozen layers' activations, choose the schedule on a leak-free hold-out,
+refit on train, calibrate on valid."""
 
 from kedro.pipeline import Pipeline, node, pipeline
 
-from .nodes import cache_frozen_features, calibrate_classifier, train_classifier
+from .nodes import (
+    cache_activations,
+    calibrate_classifier,
+    choose_training_schedule,
+    train_classifier,
+)
 
 
 def create_pipeline(**kwargs) -> Pipeline:
     return pipeline(
         [
             node(
-                cache_frozen_features,
+                cache_activations,
                 inputs=["ingested_images", "image_table", "untrained_model", "params:training"],
-                outputs="frozen_features",
-                name="cache_frozen_features",
+                outputs="cached_activations",
+                name="cache_activations",
+            ),
+            node(
+                choose_training_schedule,
+                inputs=["cached_activations", "untrained_model", "params:training"],
+                outputs=["training_schedule", "selection_history"],
+                name="choose_training_schedule",
             ),
             node(
                 train_classifier,
-                inputs=["frozen_features", "untrained_model", "params:training"],
+                inputs=[
+                    "cached_activations",
+                    "untrained_model",
+                    "training_schedule",
+                    "params:training",
+                ],
                 outputs=["uncalibrated_model", "training_history"],
                 name="train_classifier",
             ),
             node(
                 calibrate_classifier,
-                inputs=["uncalibrated_model", "frozen_features", "params:training"],
+                inputs=["uncalibrated_model", "cached_activations", "params:training"],
                 outputs=["trained_model", "calibration"],
                 name="calibrate_classifier",
             ),

@@ -1,0 +1,152 @@
+"""Project hooks (registered in ``settings.HOOKS``).
+
+``ChampionGateHook`` applies the champion gate (:mod:`chest_ct_classifier.model_registry`) to
+the model version a successful ``kedro run`` registered.
+
+How it finds that version: kedro-mlflow's ``MlflowHook`` starts the MLflow run in its
+``before_pipeline_run``, and registers the model in its ``after_pipeline_run`` (a
+``pipeline_ml_factory`` pipeline) or a node registers it while saving a catalog
+``MlflowModelTrackingDataset``, in either case under that run (``ModelVersion.run_id``), and
+ends the run in its ``after_pipeline_run``. This hook's implementations are ``trylast``, so they
+run after kedro-mlflow's whatever the registration order: ``before_pipeline_run`` notes the
+active run's id and the versions that run had already registered (none, unless a run was
+opened before ``kedro run``); ``after_pipeline_run`` gates the newest version registered since,
+reading it through ``MlflowClient`` (the run has ended by then).
+
+Runs that register nothing (``--pipelines data_ingestion``, the inference pipeline, for which
+kedro-mlflow starts no run) leave it silent. The gate never fails a successful run: any error is
+logged at ERROR level and the run's result stands.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import mlflow
+from kedro.framework.hooks import hook_impl
+from mlflow import MlflowClient
+
+from chest_ct_classifier.model_registry import (
+    CHAMPION_ALIAS,
+    GATE_METRIC,
+    MODEL_NAME,
+    promote_if_better,
+    versions_registered_by_run,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class ChampionGateHook:
+    """After a successful run that registered a version of ``model_name``, move ``alias`` to it
+    when its run's ``metric`` beats the champion's, and record the decision on the version."""
+
+    def __init__(
+        self,
+        model_name: str = MODEL_NAME,
+        metric: str = GATE_METRIC,
+        alias: str = CHAMPION_ALIAS,
+    ) -> None:
+        self.model_name = model_name
+        self.metric = metric
+        self.alias = alias
+        self._run_id: str | None = None
+        self._versions_before: frozenset[str] = frozenset()
+
+    @hook_impl(trylast=True)
+    def before_pipeline_run(self) -> None:
+        """Note the MLflow run of this ``kedro run`` (kedro-mlflow has started it by now)."""
+        self._run_id, self._versions_before = None, frozenset()
+        run = mlflow.active_run()
+        if run is None:  # tracking disabled for this pipeline
+            return
+        try:
+            registered = versions_registered_by_run(
+                MlflowClient(), self.model_name, run.info.run_id
+            )
+        except Exception:
+            logger.exception("Champion gate disabled for this run: cannot read the registry")
+            return
+        self._run_id = run.info.run_id
+        self._versions_before = frozenset(str(v.version) for v in registered)
+
+    @hook_impl(trylast=True)
+    def after_pipeline_run(self) -> None:
+        """Gate the newest version this run registered, if any; never raise."""
+        run_id, self._run_id = self._run_id, None
+        if run_id is None:
+            return
+        try:
+            client = MlflowClient()
+            new = [
+                v
+                for v in versions_registered_by_run(client, self.model_name, run_id)
+                if str(v.version) not in self._versions_before
+            ]
+            if not new:
+                logger.debug("Champion gate: run %s registered no %s", run_id, self.model_name)
+                return
+            if len(new) > 1:
+                logger.warning(
+                    "Champion gate: run %s registered versions %s of %s; gating only the newest",
+                    run_id,
+                    ", ".join(str(v.version) for v in new),
+                    self.model_name,
+                )
+            promote_if_better(client, self.model_name, new[-1].version, self.metric, self.alias)
+        except Exception:
+            logger.exception(
+                "Champion gate failed for run %s (%s, alias '%s'); the run itself succeeded",
+                run_id,
+                self.model_name,
+                self.alias,
+            )
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        """A failed run gates nothing."""
+        self._run_id, self._versions_before = None, frozenset()
+
+
+class NodeTimingHook:
+    """Wall time of every node: one log line each, a summary at the end of the run, and an
+    MLflow metric ``seconds.<node>`` in the run's tracking (kedro-mlflow's run is active while
+    nodes run). ``scripts/benchmark_training.py --stages`` reads them back."""
+
+    def __init__(self) -> None:
+        self._started: dict[str, float] = {}
+        self._seconds: dict[str, float] = {}
+
+    @hook_impl
+    def before_pipeline_run(self) -> None:
+        self._started, self._seconds = {}, {}
+
+    @hook_impl
+    def before_node_run(self, node) -> None:
+        self._started[node.name] = time.perf_counter()
+
+    @hook_impl
+    def after_node_run(self, node) -> None:
+        started = self._started.pop(node.name, None)
+        if started is None:
+            return
+        seconds = time.perf_counter() - started
+        self._seconds[node.name] = seconds
+        logger.info("Node %s took %.1f s", node.name, seconds)
+        if mlflow.active_run() is not None:
+            try:
+                mlflow.log_metric(f"seconds.{node.name}", seconds)
+            except Exception:  # timing is a report, never a reason to fail a run
+                logger.exception("Cannot log the time of node %s to MLflow", node.name)
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        if self._seconds:
+            total = sum(self._seconds.values())
+            slowest = sorted(self._seconds.items(), key=lambda item: -item[1])
+            logger.info(
+                "Node times (%.0f s in all): %s",
+                total,
+                ", ".join(f"{name} {seconds:.0f} s" for name, seconds in slowest),
+            )

@@ -1,0 +1,146 @@
+"""ChampionGateHook: its place after kedro-mlflow's hook, and what it does at the end of runs
+that register a model version and runs that do not (real MLflow, temporary SQLite store)."""
+
+from __future__ import annotations
+
+import logging
+
+import mlflow
+import pytest
+from kedro.framework.hooks import _create_hook_manager
+from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
+
+from chest_ct_classifier import hooks
+from chest_ct_classifier.hooks import ChampionGateHook
+from chest_ct_classifier.model_registry import GATE_METRIC
+from tests.test_model_registry import NAME, champion, register_version, sqlite_store, tags
+
+
+@pytest.fixture
+def store(tmp_path, tmp_path_factory, monkeypatch):
+    with sqlite_store(tmp_path, tmp_path_factory, monkeypatch) as client_and_experiment:
+        yield client_and_experiment
+
+
+class Identity(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+@pytest.mark.parametrize("project_hooks_first", [True, False])
+def test_gate_runs_after_kedro_mlflow_started_and_registered(project_hooks_first):
+    """KedroSession registers settings.HOOKS, then plugins' entry points; pluggy calls the last
+    registered first. ``trylast`` keeps the gate after MlflowHook in either order."""
+    manager = _create_hook_manager()
+    gate, kedro_mlflow = ChampionGateHook(), MlflowHook()
+    for hook in (gate, kedro_mlflow) if project_hooks_first else (kedro_mlflow, gate):
+        manager.register(hook)
+
+    for name in ("before_pipeline_run", "after_pipeline_run"):
+        called = [impl.plugin for impl in reversed(getattr(manager.hook, name).get_hookimpls())]
+        assert called.index(kedro_mlflow) < called.index(gate), name
+
+
+def test_hook_gates_the_version_its_run_registered_with_log_model(store):
+    client, experiment = store
+    gate = ChampionGateHook(model_name=NAME)
+    with mlflow.start_run(experiment_id=experiment):  # as kedro-mlflow's before_pipeline_run
+        gate.before_pipeline_run()
+        mlflow.log_metric(GATE_METRIC, 0.72)
+        # as MlflowModelTrackingDataset or pipeline_ml_factory's log_model_kwargs do
+        mlflow.pyfunc.log_model(
+            name="model", python_model=Identity(), registered_model_name=NAME, pip_requirements=[]
+        )
+    gate.after_pipeline_run()  # kedro-mlflow has ended the run by now
+
+    assert champion(client) == "1"
+    assert tags(client, "1")["candidate_value"] == "0.72"
+
+
+def test_hook_gates_only_versions_registered_during_the_kedro_run(store, caplog):
+    client, experiment = store
+    gate = ChampionGateHook(model_name=NAME)
+    # a run opened before `kedro run` (kedro-mlflow then reuses it), with a version already
+    with mlflow.start_run(experiment_id=experiment) as run:
+        register_version(client, experiment, {GATE_METRIC: 0.9}, run_id=run.info.run_id)
+        gate.before_pipeline_run()
+        register_version(client, experiment, {}, run_id=run.info.run_id)
+        register_version(client, experiment, {GATE_METRIC: 0.5}, run_id=run.info.run_id)
+        with caplog.at_level(logging.INFO, logger="chest_ct_classifier"):
+            gate.after_pipeline_run()
+
+    assert "registered versions 2, 3" in caplog.text  # a warning: only the newest is gated
+    assert tags(client, "1") == {}
+    assert tags(client, "2") == {}
+    assert tags(client, "3")["decision"] == "promoted"
+    assert champion(client) == "3"
+
+
+def test_hook_does_nothing_for_runs_that_register_nothing(store, caplog):
+    client, experiment = store
+    gate = ChampionGateHook(model_name=NAME)
+    with caplog.at_level(logging.DEBUG, logger="chest_ct_classifier"):
+        gate.before_pipeline_run()  # tracking disabled (inference): no active run
+        gate.after_pipeline_run()
+        with mlflow.start_run(experiment_id=experiment):  # data_ingestion: a run, no model
+            gate.before_pipeline_run()
+            mlflow.log_metric(GATE_METRIC, 0.5)
+        gate.after_pipeline_run()
+
+    assert client.search_model_versions(f"name='{NAME}'") == []
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_failing_gate_logs_an_error_and_does_not_fail_the_run(store, caplog, monkeypatch):
+    client, experiment = store
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("registry unreachable")
+
+    monkeypatch.setattr(hooks, "promote_if_better", broken)
+    gate = ChampionGateHook(model_name=NAME)
+    with mlflow.start_run(experiment_id=experiment) as run:
+        gate.before_pipeline_run()
+        register_version(client, experiment, {GATE_METRIC: 0.5}, run_id=run.info.run_id)
+    with caplog.at_level(logging.ERROR, logger="chest_ct_classifier"):
+        gate.after_pipeline_run()  # does not raise
+
+    (record,) = caplog.records
+    assert record.levelno == logging.ERROR and "registry unreachable" in caplog.text
+    assert champion(client) is None
+
+
+def test_a_failed_pipeline_gates_nothing(store):
+    client, experiment = store
+    gate = ChampionGateHook(model_name=NAME)
+    with mlflow.start_run(experiment_id=experiment) as run:
+        gate.before_pipeline_run()
+        register_version(client, experiment, {GATE_METRIC: 0.5}, run_id=run.info.run_id)
+    gate.on_pipeline_error()
+    gate.after_pipeline_run()  # a later call without a new before_pipeline_run
+
+    assert champion(client) is None
+
+
+def test_node_times_are_logged_and_recorded_in_the_active_run(store, caplog):
+    from types import SimpleNamespace
+
+    from chest_ct_classifier.hooks import NodeTimingHook
+
+    client, experiment = store
+    timing = NodeTimingHook()
+    node = SimpleNamespace(name="cache_activations")
+    with caplog.at_level(logging.INFO, logger="chest_ct_classifier.hooks"):
+        with mlflow.start_run(experiment_id=experiment) as run:
+            timing.before_pipeline_run()
+            timing.before_node_run(node)
+            timing.after_node_run(node)
+        timing.after_pipeline_run()
+    metrics = client.get_run(run.info.run_id).data.metrics
+    assert set(metrics) == {"seconds.cache_activations"}
+    assert metrics["seconds.cache_activations"] >= 0
+    assert "Node cache_activations took" in caplog.text
+    assert "Node times (" in caplog.text
+    # without a run (tracking disabled) it only logs
+    timing.before_node_run(node)
+    timing.after_node_run(node)
