@@ -145,8 +145,12 @@ def test_registered_model_predicts_images_outside_the_project(project, sample_im
         "model = mlflow.pyfunc.load_model('models:/chest-ct-classifier@champion')\n"
         "request = pd.read_json(sys.argv[1], orient='split')\n"
         "model.predict(request).to_csv(sys.argv[2], index=False)\n"
+        "import chest_ct_classifier\n"
+        "print(chest_ct_classifier.__file__)\n"
     )
-    run_tool(tmp_path, "python", "-c", script, "request.json", "served.csv")
+    result = run_tool(tmp_path, "python", "-c", script, "request.json", "served.csv")
+    # the package came with the model (code_paths), not from this checkout
+    assert "/code/chest_ct_classifier/" in result.stdout.strip().splitlines()[-1]
     served = pd.read_csv(tmp_path / "served.csv")
     assert list(served["image"]) == list(range(len(paths)))
     assert served["error"].isna().all() and set(served["label"]) <= set(LABELS)

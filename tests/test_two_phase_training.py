@@ -136,3 +136,20 @@ def test_bad_settings_are_rejected(tiny_model, data):
     empty = CachedImages(train.activations[:0], train.features[:0], train.labels[:0])
     with pytest.raises(ValueError, match="no training images"):
         train_two_phase(tiny_model, empty, PARAMS)
+
+
+def test_batch_normalization_is_frozen_in_phase_two_and_its_flag_restored(tiny_model, data):
+    train, _ = data
+    head_only, _ = train_two_phase(tiny_model, train, PARAMS, epochs=(2, 0))
+    both, _ = train_two_phase(tiny_model, train, PARAMS, epochs=(2, 1))
+    for before, after in zip(
+        head_only.get_layer("head_norm").weights, both.get_layer("head_norm").weights, strict=True
+    ):
+        np.testing.assert_array_equal(before.numpy(), after.numpy())
+    assert both.get_layer("head_norm").trainable
+
+
+def test_an_unknown_class_weighting_is_refused(tiny_model, data):
+    train, _ = data
+    with pytest.raises(ValueError, match="class_weights"):
+        train_two_phase(tiny_model, train, {**PARAMS, "class_weights": "balance"})

@@ -140,14 +140,3 @@ def set_block_trainable(model: keras.Model, block: str, trainable: bool) -> None
         raise ValueError(f"the model has no layers of {block}")
     for layer in layers:
         layer.trainable = trainable
-
-
-def predict_from_features(
-    model: keras.Model, features: np.ndarray, batch_size: int, layer_name: str = FEATURE_LAYER
-) -> np.ndarray:
-    """Class probabilities of the whole model, from cached activations of ``layer_name``."""
-    after = model_after(model, layer_name)
-    return np.concatenate(
-        [after.predict_on_batch(features[i : i + batch_size])
-         for i in range(0, len(features), batch_size)]
-    )  # fmt: skip

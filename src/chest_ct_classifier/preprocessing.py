@@ -7,6 +7,7 @@ and the web app all call :func:`preprocess_image_bytes`.
 from __future__ import annotations
 
 import io
+import struct
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -32,12 +33,13 @@ def decode_image(data: bytes) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise UnreadableImageError(f"not a readable image: {exc}") from exc
+        # EXIF orientation and mode conversion read more of the file: broken metadata or
+        # palettes fail here, and must fail like any unreadable image.
+        return _to_rgb(ImageOps.exif_transpose(image))
     except Image.DecompressionBombError as exc:
         raise UnreadableImageError(str(exc)) from exc
-    image = ImageOps.exif_transpose(image)
-    return _to_rgb(image)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error) as exc:
+        raise UnreadableImageError(f"not a readable image: {exc}") from exc
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -57,9 +59,10 @@ def image_to_array(image: Image.Image, image_size: int) -> np.ndarray:
     """Fit an RGB image into ``image_size`` x ``image_size``, keeping its aspect ratio
     (bilinear), centred on black, the CT background; uint8 (H, W, 3).
 
-    Stretching to a square would make the shape of the picture a cue: in the public dataset the
-    cancer images of train are wider (median aspect 1.5) than the normal ones (1.3) and than the
-    cancer images of test (1.3).
+    Stretching to a square would distort anatomy by an amount that depends on the picture's
+    source: in the public dataset's train split the cancer images are wider (median aspect
+    1.5) than the normal ones (1.3). The black bars still show the aspect ratio; training's
+    ``stretch`` augmentation blurs that cue.
     """
     width, height = image.size
     scale = image_size / max(width, height)

@@ -99,6 +99,8 @@ def scores(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
 
 def predict_in_batches(network: keras.Model, inputs: np.ndarray, batch_size: int) -> np.ndarray:
     """``network`` applied to ``inputs`` batch by batch (no per-call ``predict`` overhead)."""
+    if len(inputs) == 0:
+        return np.zeros((0, *network.output_shape[1:]), dtype=np.float32)
     return np.concatenate(
         [np.asarray(network.predict_on_batch(inputs[i : i + batch_size].astype(np.float32)))
          for i in range(0, len(inputs), batch_size)]
@@ -115,7 +117,7 @@ def train_two_phase(
     """Train a copy of ``model``: the head on frozen block-5 features, then block 5 and the head.
 
     Args:
-        model: the prepared classifier; left unchanged.
+        model: the prepared classifier; left unchanged (Keras' global seeds are reset).
         train: cached activations of the training images (views are used when present).
         parameters: ``batch_size``, ``seed``, ``class_weights`` (``balanced`` or ``none``),
             ``early_stopping.monitor`` (``loss`` or ``macro_f1``), and per phase (``phase1``,
@@ -133,11 +135,10 @@ def train_two_phase(
     keras.utils.set_random_seed(seed)
     trained = keras.models.clone_model(model)
     trained.set_weights(model.get_weights())
-    class_weight = (
-        balanced_class_weights(train.labels)
-        if parameters.get("class_weights", "balanced") == "balanced"
-        else None
-    )
+    weighting = parameters.get("class_weights", "balanced")
+    if weighting not in ("balanced", "none"):
+        raise ValueError(f"class_weights must be 'balanced' or 'none', got {weighting!r}")
+    class_weight = balanced_class_weights(train.labels) if weighting == "balanced" else None
     n_views = train.n_views
     batch_size = int(parameters["batch_size"])
     stop_on = parameters["early_stopping"]["monitor"]
@@ -168,9 +169,11 @@ def train_two_phase(
     # Batch normalization stays in inference mode (frozen statistics, as Keras' fine-tuning
     # guide advises): re-estimating them while block 5 moves shifts what the head was fitted on.
     set_block_trainable(trained, FINE_TUNED_BLOCK, True)
-    normalizations = [
-        layer for layer in trained.layers if isinstance(layer, keras.layers.BatchNormalization)
-    ]
+    normalizations = {
+        layer: layer.trainable
+        for layer in trained.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    }
     for layer in normalizations:
         layer.trainable = False
     tail = model_after(trained, CACHED_LAYER)
@@ -198,8 +201,8 @@ def train_two_phase(
         stop_on,
     )
     set_block_trainable(trained, FINE_TUNED_BLOCK, False)
-    for layer in normalizations:
-        layer.trainable = True
+    for layer, trainable in normalizations.items():
+        layer.trainable = trainable
     return trained, {"phase1": phase1, "phase2": phase2}
 
 

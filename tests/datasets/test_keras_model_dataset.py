@@ -35,3 +35,14 @@ def test_a_shared_model_is_not_copied_by_deepcopy_and_still_saves(tiny_model, tm
     KerasModelDataset(str(again)).save(shared)
     x = np.ones((1, 32, 32, 3), dtype=np.float32)
     np.testing.assert_allclose(KerasModelDataset(str(again)).load()(x), tiny_model(x), atol=1e-6)
+
+
+def test_a_shared_model_pickles_as_a_plain_model(tiny_model, tmp_path):
+    import pickle
+
+    path = tmp_path / "m.keras"
+    KerasModelDataset(str(path)).save(tiny_model)
+    shared = KerasModelDataset(str(path), shared_on_deepcopy=True).load()
+    restored = pickle.loads(pickle.dumps(shared))
+    x = np.ones((1, 32, 32, 3), dtype=np.float32)
+    np.testing.assert_allclose(restored(x), tiny_model(x), atol=1e-6)

@@ -19,12 +19,19 @@ def share_on_deepcopy(model: keras.Model) -> keras.Model:
     model included: for VGG16 (59 MB of weights) that costs more than the prediction.
     """
     cls = type(model)
+    if "__deepcopy__" in vars(cls):  # shared already
+        return model
     if cls not in _SHARED_CLASSES:
-        # Same name and module as the original class: saving the model is unchanged.
+        # Same name and module as the original class: saving the model is unchanged, and
+        # pickling goes through the original class (the subclass cannot be found by name).
         _SHARED_CLASSES[cls] = type(
             cls.__name__,
             (cls,),
-            {"__deepcopy__": lambda self, memo: self, "__module__": cls.__module__},
+            {
+                "__deepcopy__": lambda self, memo: self,
+                "__reduce__": lambda self: (cls._unpickle_model, cls.__reduce__(self)[1]),
+                "__module__": cls.__module__,
+            },
         )
     model.__class__ = _SHARED_CLASSES[cls]
     return model

@@ -46,7 +46,10 @@ def test_a_request_table_is_predicted_in_row_order_with_bad_rows_reported(
 
     paths = list(sample_images)[:3]
     encoded = [base64.b64encode(sample_images[p]).decode("ascii") for p in paths]
-    request = pd.DataFrame({"image": [encoded[0], "%%% not base64", encoded[1], encoded[2]]})
+    wrapped = "\n".join(encoded[1][i : i + 76] for i in range(0, len(encoded[1]), 76))
+    request = pd.DataFrame(
+        {"image": [encoded[0], "%%% not base64", wrapped, f"data:image/png;base64,{encoded[2]}"]}
+    )
     predictions = predict_images(images_from_request(request), tiny_model, 2)
     assert list(predictions["image"]) == ["0", "1", "2", "3"]
     assert "base64" in predictions.loc[1, "error"]

@@ -86,11 +86,17 @@ def test_schedule_is_chosen_on_a_grouped_hold_out_of_train_and_valid(schedule, c
 
 
 def test_test_images_never_influence_the_schedule(cache, schedule, tiny_model):
-    poisoned = {**cache, "activations": cache["activations"].copy()}
+    poisoned = {
+        **cache,
+        "activations": cache["activations"].copy(),
+        "features": cache["features"].copy(),
+    }
     test_contents = cache["content"][cache["split"] == "test"]
     poisoned["activations"][test_contents] = np.nan
-    again, _ = choose_training_schedule(poisoned, tiny_model, PARAMS)
+    poisoned["features"][test_contents] = np.nan
+    again, history = choose_training_schedule(poisoned, tiny_model, PARAMS)
     assert again == schedule[0]
+    assert all(np.isfinite(r["value"]) for values in history.values() for r in values)
 
 
 def test_refit_trains_on_train_for_the_scheduled_epochs(cache, schedule, tiny_model):
@@ -123,8 +129,20 @@ def test_calibration_fits_on_leak_free_valid_and_folds_the_temperature_in(cache,
         row_probabilities(tiny_model, cache, rows, 8), record["temperature"]
     )
     np.testing.assert_allclose(row_probabilities(calibrated, cache, rows, 8), expected, atol=1e-5)
-    assert LABELS  # probabilities are over the four labels
     assert expected.shape == (len(cache["path"]), len(LABELS))
+
+
+def test_row_probabilities_equal_the_model_on_each_file(cache, sample_images, tiny_model):
+    from chest_ct_classifier.preprocessing import preprocess_image_bytes
+
+    files = {**sample_images}
+    files[COPY] = files["Data/train/normal/n7.png"]
+    files[CONFLICT] = files["Data/train/normal/n6.jpg"]
+    rows = np.ones(len(cache["path"]), dtype=bool)
+    direct = tiny_model.predict_on_batch(
+        np.stack([preprocess_image_bytes(files[p], 32) for p in cache["path"]])
+    )
+    np.testing.assert_allclose(row_probabilities(tiny_model, cache, rows, 8), direct, atol=1e-5)
 
 
 def test_without_valid_images_nothing_is_calibrated(cache, tiny_model):

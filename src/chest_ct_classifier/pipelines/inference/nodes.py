@@ -55,8 +55,11 @@ def predict_images(
 
 
 def _decode_base64(text: str) -> bytes:
+    """Base64 file bytes; line breaks and a ``data:<type>;base64,`` prefix are allowed."""
+    if text.startswith("data:") and "," in text:
+        text = text.split(",", 1)[1]
     try:
-        return base64.b64decode(text, validate=True)
+        return base64.b64decode("".join(text.split()), validate=True)
     except (binascii.Error, ValueError, TypeError) as exc:
         raise UnreadableImageError(f"not valid base64: {exc}") from exc
 
