@@ -28,8 +28,8 @@ BIN = Path(sys.executable).parent  # the environment's console scripts: kedro, d
 def run_tool(cwd: Path, tool: str, *args: str, **env: str) -> subprocess.CompletedProcess:
     """Run one of the environment's command-line tools as a user would; fail with its output.
 
-    Local MLflow tracking (a developer's MLFLOW_TRACKING_URI is dropped); telemetry off; the
-    environment's bin folder first on PATH (DVC stages call ``kedro``).
+    Local MLflow tracking (MLFLOW_TRACKING_URI and MLFLOW_REGISTRY_URI are dropped); telemetry
+    off; the environment's bin folder first on PATH (DVC stages call ``kedro``).
     """
     full_env = {
         **os.environ,
@@ -38,7 +38,9 @@ def run_tool(cwd: Path, tool: str, *args: str, **env: str) -> subprocess.Complet
         "DO_NOT_TRACK": "1",
         **env,
     }
-    full_env.pop("MLFLOW_TRACKING_URI", None)
+    # mlflow.set_tracking_uri/set_registry_uri in this process also export these variables
+    for variable in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        full_env.pop(variable, None)
     result = subprocess.run(
         [str(BIN / tool), *args],
         check=False,

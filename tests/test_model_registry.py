@@ -65,8 +65,10 @@ def sqlite_store(
     shutil.copyfile(_migrated_store(scratch), path)
     uri = f"sqlite:///{path}"
     previous = tracking_utils._tracking_uri, registry_utils._registry_uri
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    # mlflow.set_*_uri export these variables; setting them through monkeypatch makes the
+    # teardown put back what was there (or remove them), so no later subprocess inherits them
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
