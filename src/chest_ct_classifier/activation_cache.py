@@ -41,14 +41,20 @@ def cached_images(
     )
 
 
+def content_probabilities(
+    model: keras.Model, cache: dict[str, Any], content: np.ndarray, batch_size: int
+) -> np.ndarray:
+    """The model's class probabilities for some contents, from their cached block-4
+    activations: the same computation as the whole model on the images."""
+    return predict_in_batches(
+        model_after(model, CACHED_LAYER), cache["activations"][content], batch_size
+    )
+
+
 def row_probabilities(
     model: keras.Model, cache: dict[str, Any], rows: np.ndarray, batch_size: int
 ) -> np.ndarray:
-    """The model's class probabilities for the selected rows (boolean mask), from the cached
-    block-4 activations: the same computation as the whole model on the images, each distinct
+    """The model's class probabilities for the selected rows (boolean mask), each distinct
     content computed once."""
     content, inverse = np.unique(cache["content"][rows], return_inverse=True)
-    probabilities = predict_in_batches(
-        model_after(model, CACHED_LAYER), cache["activations"][content], batch_size
-    )
-    return probabilities[inverse]
+    return content_probabilities(model, cache, content, batch_size)[inverse]

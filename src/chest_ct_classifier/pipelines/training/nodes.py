@@ -11,7 +11,11 @@ import keras
 import numpy as np
 import pandas as pd
 
-from chest_ct_classifier.activation_cache import cached_images, contents_of
+from chest_ct_classifier.activation_cache import (
+    cached_images,
+    content_probabilities,
+    contents_of,
+)
 from chest_ct_classifier.augmentation import augment, augmentation_model
 from chest_ct_classifier.calibration import (
     apply_temperature,
@@ -29,11 +33,7 @@ from chest_ct_classifier.model_architecture import (
 )
 from chest_ct_classifier.preprocessing import decode_image, image_to_array, scale_for_vgg16
 from chest_ct_classifier.splitting import grouped_split
-from chest_ct_classifier.two_phase_training import (
-    PhaseResult,
-    predict_in_batches,
-    train_two_phase,
-)
+from chest_ct_classifier.two_phase_training import PhaseResult, train_two_phase
 
 logger = logging.getLogger(__name__)
 
@@ -251,11 +251,7 @@ def calibrate_classifier(
     if len(content) == 0:
         logger.warning("No leak-free valid images: probabilities are NOT calibrated (T = 1)")
         return model, {"temperature": 1.0, "fitted_on": None, "n_images": 0}
-    probabilities = predict_in_batches(
-        model_after(model, CACHED_LAYER),
-        cache["activations"][content],
-        int(parameters["batch_size"]),
-    )
+    probabilities = content_probabilities(model, cache, content, int(parameters["batch_size"]))
     temperature = fit_temperature(probabilities, labels)
     calibrated = scale_probabilities(probabilities, temperature)
     record = {
