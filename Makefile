@@ -24,13 +24,13 @@ run: setup
 	$(BIN)/kedro run
 
 test: setup
-	$(BIN)/ruff check src tests scripts
-	$(BIN)/ruff format --check src tests scripts
+	$(BIN)/ruff check src tests scripts app.py gunicorn.conf.py
+	$(BIN)/ruff format --check src tests scripts app.py gunicorn.conf.py
 	$(BIN)/pytest
 
 lint: setup
-	$(BIN)/ruff check --fix src tests scripts
-	$(BIN)/ruff format src tests scripts
+	$(BIN)/ruff check --fix src tests scripts app.py gunicorn.conf.py
+	$(BIN)/ruff format src tests scripts app.py gunicorn.conf.py
 
 # Removes every run output (models, reports, MLflow store); keeps the bundled sample.
 clean-outputs:

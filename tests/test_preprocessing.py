@@ -6,8 +6,11 @@ import pytest
 from PIL import Image
 
 from chest_ct_classifier.preprocessing import (
+    ImageTooLargeError,
     UnreadableImageError,
+    bytes_from_base64,
     decode_image,
+    fitted_rgb,
     preprocess_image_bytes,
     scale_for_vgg16,
 )
@@ -89,8 +92,31 @@ def test_same_bytes_give_the_same_tensor(sample_images):
     ids=["empty", "text", "png-signature-only"],
 )
 def test_unreadable_bytes_raise_a_clear_error(data):
-    with pytest.raises(UnreadableImageError):
+    with pytest.raises(UnreadableImageError) as raised:
         preprocess_image_bytes(data, SIZE)
+    assert " at 0x" not in str(raised.value)  # no object address in a message users read
+
+
+def test_more_pixels_than_allowed_are_refused_from_the_header(real_rgb):
+    data = _encode(real_rgb)
+    width, height = real_rgb.size
+    with pytest.raises(ImageTooLargeError, match=f"{width} x {height}"):
+        decode_image(data, max_pixels=width * height - 1)
+    assert decode_image(data, max_pixels=width * height).size == (width, height)
+
+
+def test_fitted_rgb_is_what_the_model_input_is_scaled_from(sample_images):
+    data = next(iter(sample_images.values()))
+    rgb = fitted_rgb(data, SIZE)
+    assert rgb.dtype == np.uint8 and rgb.shape == (SIZE, SIZE, 3)
+    np.testing.assert_array_equal(scale_for_vgg16(rgb), preprocess_image_bytes(data, SIZE))
+
+
+def test_base64_text_with_line_breaks_or_a_data_prefix_decodes():
+    assert bytes_from_base64("aGVs\nbG8=") == b"hello"
+    assert bytes_from_base64("data:image/png;base64,aGVsbG8=") == b"hello"
+    with pytest.raises(UnreadableImageError, match="base64"):
+        bytes_from_base64("%%% not base64")
 
 
 def test_truncated_real_image_raises(sample_images):

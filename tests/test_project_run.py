@@ -8,8 +8,10 @@ files, the MLflow run, the registered model and its champion gate.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -220,3 +222,47 @@ def test_notebook_loads_metrics_and_predictions_from_the_catalog(project):
     outputs = json.dumps([cell.get("outputs", []) for cell in executed["cells"]])
     assert "VGG16 weights used: hed_bsds500" in outputs
     assert "macro_f1" in outputs
+
+
+_SERVE_SCRIPT = """
+import json, sys
+from chest_ct_classifier.serving import create_app
+client = create_app().test_client()
+health = client.get("/health")
+image = open(sys.argv[1], "rb").read()
+answer = client.post("/predict", data={"file": (__import__("io").BytesIO(image), "x.png")})
+print(json.dumps({"health": health.get_json(), "status": health.status_code,
+                  "answer": answer.get_json()}))
+"""
+
+
+@pytest.mark.parametrize("source", ["catalog", "registry"])
+def test_web_app_serves_the_trained_model_from_the_catalog_or_the_registry(
+    project, sample_root, source
+):
+    """The app as configured by environment: the project's catalog file by default, or the
+    registered champion (``CHEST_CT_MODEL_URI``) from the project's MLflow store."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "CHEST_CT_"))}
+    env["CHEST_CT_PROJECT_PATH"] = str(project)
+    if source == "registry":
+        env["CHEST_CT_MODEL_URI"] = "models:/chest-ct-classifier@champion"
+        env["MLFLOW_TRACKING_URI"] = f"sqlite:///{project / 'mlflow.db'}"
+    image = next((sample_root / "Data" / "test").rglob("*.png"))
+    result = subprocess.run(
+        [sys.executable, "-c", _SERVE_SCRIPT, str(image)],
+        cwd=project, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    served = json.loads(result.stdout.strip().splitlines()[-1])
+    assert served["status"] == 200, served
+    model = served["health"]["model"]
+    assert model["source"] == ("registry" if source == "registry" else "file")
+    assert model["weights"] == "hed_bsds500" and model["image_size"] == 64
+    if source == "registry":
+        champion = _client(project).get_model_version_by_alias("chest-ct-classifier", "champion")
+        assert model["version"] == champion.version
+    expected = KerasModelDataset(str(project / "data/06_models/classifier.keras")).load()
+    probabilities = expected.predict_on_batch(preprocess_image_bytes(image.read_bytes(), 64)[None])
+    np.testing.assert_allclose(
+        [served["answer"]["probabilities"][label] for label in LABELS], probabilities[0], atol=1e-5
+    )

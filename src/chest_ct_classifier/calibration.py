@@ -10,7 +10,8 @@ import keras
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-OUTPUT_LAYER = "head_output"
+from chest_ct_classifier.model_architecture import OUTPUT_LAYER
+
 _EPSILON = 1e-12
 
 

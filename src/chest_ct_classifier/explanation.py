@@ -11,7 +11,7 @@ import matplotlib
 import numpy as np
 import tensorflow as tf
 
-from chest_ct_classifier.calibration import OUTPUT_LAYER
+from chest_ct_classifier.model_architecture import OUTPUT_LAYER
 
 LAST_CONV_LAYER = "block5_conv3"
 

@@ -15,6 +15,9 @@ import numpy as np
 
 from chest_ct_classifier.labels import LABELS
 
+OUTPUT_LAYER = "head_output"
+"""The softmax layer; calibration folds its temperature in, Grad-CAM reads its logits."""
+
 # Output of the convolution base: the head begins here.
 FEATURE_LAYER = "block5_pool"
 # Output of the always-frozen blocks 1-4: activations are cached here, once per image and view.
@@ -87,7 +90,7 @@ def build_classifier(
         x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout_hidden")(x)
         x = keras.layers.Dense(dense_units, activation="relu", name="head_hidden")(x)
     x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
-    outputs = keras.layers.Dense(len(LABELS), activation="softmax", name="head_output")(x)
+    outputs = keras.layers.Dense(len(LABELS), activation="softmax", name=OUTPUT_LAYER)(x)
     return keras.Model(base.input, outputs, name="vgg16_chest_ct")
 
 

@@ -6,6 +6,8 @@ and the web app all call :func:`preprocess_image_bytes`.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import io
 import struct
 
@@ -21,24 +23,58 @@ class UnreadableImageError(ValueError):
     """The bytes are not an image this project can read (corrupt, truncated, wrong type)."""
 
 
-def decode_image(data: bytes) -> Image.Image:
+class ImageTooLargeError(UnreadableImageError):
+    """The image has more pixels than allowed (a decompression bomb, or simply too big)."""
+
+
+def bytes_from_base64(text: str) -> bytes:
+    """File bytes from base64 text, as JSON clients send images; line breaks and a
+    ``data:<type>;base64,`` prefix are allowed.
+
+    Raises:
+        UnreadableImageError: the text is not valid base64.
+    """
+    if text.startswith("data:") and "," in text:
+        text = text.split(",", 1)[1]
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise UnreadableImageError(f"not valid base64: {exc}") from exc
+
+
+def decode_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
     """Decode image bytes of any common format and mode into an 8-bit RGB image.
 
     The format is detected from the content, not a file name, so a JPEG named ``.png`` reads.
     RGBA is composited on black (the CT background); greyscale is replicated to three channels;
     16-bit and float greyscale are rescaled to 0-255 by their own range.
+
+    Raises:
+        UnreadableImageError: the bytes are not a readable image.
+        ImageTooLargeError: width x height exceeds ``max_pixels`` (checked from the header,
+            before any pixel is decoded).
     """
     if not data:
         raise UnreadableImageError("empty file")
     try:
         image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise ImageTooLargeError(
+                f"the image is {width} x {height} pixels, more than the {max_pixels:,} allowed"
+            )
         image.load()
         # EXIF orientation and mode conversion read more of the file: broken metadata or
         # palettes fail here, and must fail like any unreadable image.
         return _to_rgb(ImageOps.exif_transpose(image))
+    except UnreadableImageError:
+        raise
     except Image.DecompressionBombError as exc:
-        raise UnreadableImageError(str(exc)) from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, struct.error) as exc:
+        raise ImageTooLargeError(str(exc)) from exc
+    except UnidentifiedImageError as exc:
+        # PIL's message names an in-memory object's address: nothing a reader can use.
+        raise UnreadableImageError("not a readable image: unknown or unsupported format") from exc
+    except (OSError, SyntaxError, ValueError, struct.error) as exc:
         raise UnreadableImageError(f"not a readable image: {exc}") from exc
 
 
@@ -80,11 +116,20 @@ def scale_for_vgg16(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., ::-1].astype(np.float32) - _VGG16_BGR_MEAN
 
 
-def preprocess_image_bytes(data: bytes, image_size: int) -> np.ndarray:
+def fitted_rgb(data: bytes, image_size: int, max_pixels: int | None = None) -> np.ndarray:
+    """Image bytes -> the uint8 RGB square the model sees, before scaling: what a heatmap is
+    drawn over."""
+    return image_to_array(decode_image(data, max_pixels), image_size)
+
+
+def preprocess_image_bytes(
+    data: bytes, image_size: int, max_pixels: int | None = None
+) -> np.ndarray:
     """Image bytes -> float32 model input of shape (image_size, image_size, 3): decoded to RGB,
     fitted into the square keeping its aspect ratio, VGG16-scaled.
 
     Raises:
         UnreadableImageError: the bytes cannot be decoded as an image.
+        ImageTooLargeError: the image has more than ``max_pixels`` pixels.
     """
-    return scale_for_vgg16(image_to_array(decode_image(data), image_size))
+    return scale_for_vgg16(fitted_rgb(data, image_size, max_pixels))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -14,7 +13,11 @@ import pandas as pd
 
 from chest_ct_classifier.labels import LABELS, probability_columns
 from chest_ct_classifier.model_architecture import image_size_of
-from chest_ct_classifier.preprocessing import UnreadableImageError, preprocess_image_bytes
+from chest_ct_classifier.preprocessing import (
+    UnreadableImageError,
+    bytes_from_base64,
+    preprocess_image_bytes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,23 +57,13 @@ def predict_images(
     return pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
 
 
-def _decode_base64(text: str) -> bytes:
-    """Base64 file bytes; line breaks and a ``data:<type>;base64,`` prefix are allowed."""
-    if text.startswith("data:") and "," in text:
-        text = text.split(",", 1)[1]
-    try:
-        return base64.b64decode("".join(text.split()), validate=True)
-    except (binascii.Error, ValueError, TypeError) as exc:
-        raise UnreadableImageError(f"not valid base64: {exc}") from exc
-
-
 def images_from_request(request: pd.DataFrame) -> dict[str, Callable[[], bytes]]:
     """The images of a request to the served model: one per row, base64 file bytes in column
     ``image``, named by the row's position (``0``, ``1``, ...) in the predictions."""
     if "image" not in request.columns:
         raise ValueError(f"the request needs an 'image' column, got {list(request.columns)}")
     return {
-        str(position): (lambda text=text: _decode_base64(str(text)))
+        str(position): (lambda text=text: bytes_from_base64(str(text)))
         for position, text in enumerate(request["image"])
     }
 

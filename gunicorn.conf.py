@@ -1,0 +1,44 @@
+"""Gunicorn settings for the web app: ``gunicorn app:app`` reads this file from the working
+directory, so a developer's shell and the Docker image (``CMD ["gunicorn", "app:app"]``) serve
+the same way. Each value can be changed through the environment variable named beside it."""
+
+import os
+
+# All interfaces: inside a container the port is published from outside; PORT as on most hosts.
+bind = f"0.0.0.0:{os.environ.get('PORT', '8080')}"
+
+# One worker by default: every worker process loads its own copy of the model (VGG16, about
+# 60 MB of weights plus TensorFlow), and the /train job state lives in the worker that started
+# the job, so with several workers a job's status URL may reach a worker that never heard of it.
+# Raise WEB_CONCURRENCY only with /train disabled and memory to spare.
+workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+
+# Threads serve concurrent requests from the one model: the page and /health stay responsive
+# while a prediction (with Grad-CAM, seconds on a small CPU) is running.
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+
+# The worker must load TensorFlow and the model before it answers its first heartbeat, and a
+# prediction with Grad-CAM on a busy small CPU takes seconds: 120 s keeps gunicorn from killing
+# a worker that is merely slow.
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
+# On SIGTERM (docker stop, a redeploy) running requests get this long to finish.
+graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
+
+# The app is loaded in each worker after the fork, never in the master (no preload_app):
+# TensorFlow's thread pools do not survive a fork.
+preload_app = False
+
+# Logs to stdout/stderr, where `docker logs` and the CI job read them.
+accesslog = "-"
+errorlog = "-"
+loglevel = os.environ.get("GUNICORN_LOG_LEVEL", "info")
+
+# The workers' heartbeat files: on a disk-backed /tmp (Docker's default overlay filesystem) the
+# heartbeat can block a worker; /dev/shm is memory. Only where it exists (not on macOS).
+if os.path.isdir("/dev/shm"):
+    worker_tmp_dir = "/dev/shm"
+
+# Gunicorn 25.1+ opens a control socket under $HOME by default; this app needs none, and two
+# servers on one machine (a test beside a developer's) would fight over the one path.
+control_socket_disable = True

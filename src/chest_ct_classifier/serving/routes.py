@@ -1,0 +1,181 @@
+"""HTTP to package calls and back: the page, prediction, health and training routes."""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import time
+from typing import Any
+
+from flask import Blueprint, current_app, jsonify, render_template, request
+from flask.typing import ResponseReturnValue
+
+from chest_ct_classifier.labels import DISPLAY_NAMES, LABELS
+from chest_ct_classifier.preprocessing import (
+    ImageTooLargeError,
+    UnreadableImageError,
+    bytes_from_base64,
+)
+from chest_ct_classifier.serving.errors import ApiError
+from chest_ct_classifier.serving.served_model import Classification, ServedModel
+from chest_ct_classifier.serving.settings import RESEARCH_NOTICE
+from chest_ct_classifier.serving.state import AppState
+from chest_ct_classifier.serving.training_jobs import TrainingBusyError, TrainingJobs
+
+blueprint = Blueprint("serving", __name__)
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+def _state() -> AppState:
+    return current_app.extensions["chest_ct"]
+
+
+@blueprint.get("/")
+def index() -> ResponseReturnValue:
+    state = _state()
+    return render_template(
+        "index.html",
+        labels=[{"label": label, "display_name": DISPLAY_NAMES[label]} for label in LABELS],
+        max_upload_mb=state.settings.max_upload_bytes / 2**20,
+        notice=RESEARCH_NOTICE,
+    )
+
+
+@blueprint.get("/health")
+def health() -> ResponseReturnValue:
+    state = _state()
+    model = state.model
+    body: dict[str, Any] = {
+        "status": "ok" if model else "no_model",
+        "model_loaded": model is not None,
+        "model": model.info.as_dict() if model else None,
+        "uptime_seconds": round(time.monotonic() - state.started, 1),
+        "training": {
+            "enabled": state.jobs is not None,
+            "running_job": state.jobs.running_job_id if state.jobs else None,
+        },
+    }
+    if model is None:
+        body["message"] = state.model_error
+    return jsonify(body), 200 if model else 503
+
+
+@blueprint.post("/predict")
+def predict() -> ResponseReturnValue:
+    state = _state()
+    model = state.model  # this request finishes on this model, even if a new one comes in
+    if model is None:
+        raise ApiError(503, "no_model", state.model_error or "No model is loaded.")
+    data = _image_bytes()
+    explain = request.args.get("explain", "").strip().lower() in _TRUE
+    try:
+        result = model.classify(data, state.settings.max_image_pixels, explain=explain)
+    except ImageTooLargeError as exc:
+        raise ApiError(413, "image_too_large", f"Too large: {exc}.") from exc
+    except UnreadableImageError as exc:
+        raise ApiError(
+            400,
+            "unreadable_image",
+            f"The file is not an image this app can read ({exc}). Send a PNG or JPEG "
+            "chest CT image.",
+        ) from exc
+    return jsonify(_prediction(result, model, state.settings.uncertain_below))
+
+
+def _image_bytes() -> bytes:
+    """The uploaded image: multipart field ``file``, or JSON ``{"image": "<base64>"}``."""
+    mimetype = request.mimetype
+    if mimetype == "multipart/form-data":
+        upload = request.files.get("file")
+        if upload is None:
+            raise ApiError(
+                400, "missing_file", "The form has no 'file' field: send the image as 'file'."
+            )
+        data = upload.read()
+    elif mimetype == "application/json":
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict) or not isinstance(body.get("image"), str):
+            raise ApiError(
+                400,
+                "invalid_json",
+                'Send a JSON object {"image": "<the image file, base64-encoded>"}.',
+            )
+        try:
+            data = bytes_from_base64(body["image"])
+        except UnreadableImageError as exc:
+            raise ApiError(400, "invalid_base64", f"The 'image' field is {exc}.") from exc
+    elif not mimetype and not request.content_length:
+        raise ApiError(400, "empty_body", "The request is empty: send an image.")
+    else:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"Content type {mimetype or 'none'!r} is not accepted: send multipart/form-data "
+            'with the image in field \'file\', or JSON {"image": "<base64>"}.',
+        )
+    if not data:
+        raise ApiError(400, "empty_file", "The image file is empty.")
+    return data
+
+
+def _prediction(result: Classification, model: ServedModel, uncertain_below: float) -> dict:
+    probabilities = {label: float(p) for label, p in zip(LABELS, result.probabilities, strict=True)}
+    label = max(probabilities, key=probabilities.get)
+    answer: dict[str, Any] = {
+        "label": label,
+        "display_name": DISPLAY_NAMES[label],
+        "probabilities": probabilities,
+        "classes": [
+            {"label": name, "display_name": DISPLAY_NAMES[name], "probability": p}
+            for name, p in probabilities.items()
+        ],
+        "confidence": probabilities[label],
+        "uncertain": probabilities[label] < uncertain_below,
+        "model": model.info.as_dict(),
+        "notice": RESEARCH_NOTICE,
+    }
+    if result.heatmap_png is not None:
+        answer["heatmap_png"] = base64.b64encode(result.heatmap_png).decode("ascii")
+    return answer
+
+
+@blueprint.post("/train")
+def start_training() -> ResponseReturnValue:
+    jobs = _authorized_jobs()
+    try:
+        job = jobs.start()
+    except TrainingBusyError as exc:
+        raise ApiError(409, "training_busy", f"Not started: {exc}.") from exc
+    body = {**job.as_dict(), "status_url": f"/train/{job.job_id}"}
+    return jsonify(body), 202, {"Location": body["status_url"]}
+
+
+@blueprint.get("/train/<job_id>")
+def training_status(job_id: str) -> ResponseReturnValue:
+    job = _authorized_jobs().get(job_id)
+    if job is None:
+        raise ApiError(404, "unknown_job", f"There is no training run {job_id!r}.")
+    return jsonify(job.as_dict())
+
+
+def _authorized_jobs() -> TrainingJobs:
+    state = _state()
+    token = state.settings.train_token
+    if state.jobs is None or token is None:
+        raise ApiError(
+            403,
+            "training_disabled",
+            "Training through the API is disabled: set CHEST_CT_TRAIN_TOKEN on the server.",
+        )
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    ):
+        raise ApiError(
+            401,
+            "unauthorized",
+            "A valid token is required: send 'Authorization: Bearer <token>'.",
+            {"WWW-Authenticate": 'Bearer realm="training"'},
+        )
+    return state.jobs

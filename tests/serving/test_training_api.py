@@ -1,0 +1,105 @@
+"""POST /train over HTTP: token, one run at a time, the model switch, a failed run."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def _training_command(new_model, model_path) -> tuple[str, ...]:
+    """Stands in for ``kedro run`` (minutes): a process that takes a moment, then writes a new
+    model where the app loads it from, as a training run does."""
+    code = (
+        "import shutil, time; print('training', flush=True); time.sleep(2); "
+        f"shutil.copy({str(new_model)!r}, {str(model_path)!r}); print('saved')"
+    )
+    return (sys.executable, "-c", code)
+
+
+def _wait(base: str, job_id: str, timeout: float = 240) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = requests.get(f"{base}/train/{job_id}", headers=AUTH, timeout=10).json()
+        if body["state"] != "running":
+            return body
+        time.sleep(0.5)
+    raise AssertionError(f"training run {job_id} did not finish in {timeout} s")
+
+
+def test_training_is_disabled_without_a_token(server):
+    answer = requests.post(f"{server}/train", headers=AUTH, timeout=10)
+    assert answer.status_code == 403
+    assert "CHEST_CT_TRAIN_TOKEN" in answer.json()["error"]
+    assert requests.get(f"{server}/train/abc", headers=AUTH, timeout=10).status_code == 403
+
+
+def test_a_training_run_switches_the_app_to_the_new_model(
+    live_server, trained_model_path, retrained_model_path, tmp_path, sample_image_path
+):
+    model_path = tmp_path / "models" / "classifier.keras"
+    model_path.parent.mkdir()
+    shutil.copy(trained_model_path, model_path)
+    base = live_server(
+        model_path,
+        train_token=TOKEN,
+        train_command=_training_command(retrained_model_path, model_path),
+    )
+    image = sample_image_path("large_cell_carcinoma").read_bytes()
+    before = requests.get(f"{base}/health", timeout=10).json()["model"]
+    answer_before = requests.post(
+        f"{base}/predict", files={"file": ("x.png", image)}, timeout=60
+    ).json()
+
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+        refused = requests.post(f"{base}/train", headers=headers, timeout=10)
+        assert refused.status_code == 401
+        assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+
+    started = requests.post(f"{base}/train", headers=AUTH, timeout=10)
+    assert started.status_code == 202, started.text
+    job = started.json()
+    assert job["state"] == "running" and started.headers["Location"] == job["status_url"]
+    busy = requests.post(f"{base}/train", headers=AUTH, timeout=10)
+    assert busy.status_code == 409 and busy.json()["code"] == "training_busy"
+    assert (
+        requests.get(f"{base}/health", timeout=10).json()["training"]["running_job"]
+        == (job["job_id"])
+    )
+    # the old model answers while the run goes on
+    during = requests.post(f"{base}/predict", files={"file": ("x.png", image)}, timeout=60)
+    assert during.json()["model"]["version"] == before["version"]
+
+    finished = _wait(base, job["job_id"])
+    assert finished["state"] == "succeeded", finished
+    assert finished["returncode"] == 0 and "saved" in finished["log_tail"]
+    after = requests.get(f"{base}/health", timeout=10).json()["model"]
+    assert after["version"] != before["version"] and finished["model"] == after
+    answer_after = requests.post(
+        f"{base}/predict", files={"file": ("x.png", image)}, timeout=60
+    ).json()
+    assert answer_after["model"]["version"] == after["version"]
+    assert answer_after["probabilities"] != answer_before["probabilities"]
+    assert requests.get(f"{base}/train/nope", headers=AUTH, timeout=10).status_code == 404
+
+
+def test_a_failed_run_keeps_the_old_model(live_server, trained_model_path):
+    failing = (sys.executable, "-c", "import sys; print('no data'); sys.exit(3)")
+    base = live_server(trained_model_path, train_token=TOKEN, train_command=failing)
+    before = requests.get(f"{base}/health", timeout=10).json()["model"]
+    job = requests.post(f"{base}/train", headers=AUTH, timeout=10).json()
+    finished = _wait(base, job["job_id"], timeout=60)
+    assert finished["state"] == "failed" and finished["returncode"] == 3
+    assert finished["log_tail"] == ["no data"] and "3" in finished["message"]
+    health = requests.get(f"{base}/health", timeout=10).json()
+    assert health["model"] == before and health["training"]["running_job"] is None
+    # a new run may start once the failed one is over
+    assert requests.post(f"{base}/train", headers=AUTH, timeout=10).status_code == 202
