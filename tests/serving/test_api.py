@@ -128,7 +128,15 @@ def _png_header_claiming(width: int, height: int) -> bytes:
             400,
             "invalid_json",
         ),
-        ({"files": {"file": ("huge.png", _png_header_claiming(100_000, 100_000))}}, 413, None),
+        # 25 megapixels: over the app's default limit, under PIL's own bomb threshold
+        ({"files": {"file": ("huge.png", _png_header_claiming(5000, 5000))}}, 413, None),
+        ({"files": {"file": ("bomb.png", _png_header_claiming(100_000, 100_000))}}, 413, None),
+        (
+            {"data": b"[" * 100_000, "headers": {"Content-Type": "application/json"}},
+            400,
+            "invalid_json",
+        ),
+        ({"files": {f"field{i}": ("x", b"x") for i in range(1100)}}, 413, "payload_too_large"),
     ],
     ids=[
         "wrong-content-type",
@@ -140,7 +148,10 @@ def _png_header_claiming(width: int, height: int) -> bytes:
         "json-without-image",
         "json-not-an-object",
         "malformed-json",
+        "over-the-pixel-limit",
         "decompression-bomb",
+        "deeply-nested-json",
+        "too-many-form-parts",
     ],
 )
 def test_bad_input_gets_a_clear_4xx_and_the_server_stays_up(server, request_kwargs, status, code):
@@ -226,6 +237,16 @@ def test_a_broken_model_file_is_reported_not_crashed_on(live_server, tmp_path):
     assert "cannot be loaded" in health.json()["message"]
 
 
+def test_a_model_that_is_not_a_four_class_classifier_is_refused_at_start(live_server, tmp_path):
+    inputs = keras.Input((32, 32, 3))
+    features = keras.layers.GlobalAveragePooling2D()(inputs)
+    foreign = keras.Model(inputs, keras.layers.Dense(3, activation="softmax")(features))
+    foreign.save(tmp_path / "foreign.keras")
+    health = requests.get(f"{live_server(tmp_path / 'foreign.keras')}/health", timeout=10)
+    assert health.status_code == 503
+    assert "3 outputs, not one per class" in health.json()["message"]
+
+
 def test_page_and_vendored_assets_are_served(server):
     page = requests.get(server, timeout=10)
     assert page.status_code == 200 and "text/html" in page.headers["Content-Type"]
@@ -243,8 +264,11 @@ def test_errors_are_json_and_headers_are_safe(server):
     assert missing.status_code == 404 and missing.json()["code"] == "not_found"
     wrong_method = requests.get(f"{server}/predict", timeout=10)
     assert wrong_method.status_code == 405 and "error" in wrong_method.json()
+    assert "POST" in wrong_method.headers["Allow"]
     headers = requests.get(f"{server}/health", timeout=10).headers
     assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["X-Frame-Options"] == "DENY"
+    assert "default-src 'self'" in headers["Content-Security-Policy"]
     assert "Access-Control-Allow-Origin" not in headers
 
 

@@ -208,6 +208,8 @@ def test_upload_classify_explain_and_errors_in_a_real_browser(
     predicted = browser.find_elements(By.CSS_SELECTOR, "#probability-bars > .predicted")
     assert [row.get_attribute("data-label") for row in predicted] == [expected["label"]]
     assert expected["model"]["version"] in by_id(browser, "model-info").text
+    # a model file served outside its project has no evaluation, and the page says so
+    assert "how often it is right is unknown" in by_id(browser, "model-measured").text
 
     # Grad-CAM overlay: the switch asks /predict?explain=1 and shows the PNG it sends
     click(browser, by_id(browser, "heatmap-toggle"))

@@ -15,11 +15,12 @@ TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-def _training_command(new_model, model_path) -> tuple[str, ...]:
-    """Stands in for ``kedro run`` (minutes): a process that takes a moment, then writes a new
-    model where the app loads it from, as a training run does."""
+def _training_command(new_model, model_path, gate) -> tuple[str, ...]:
+    """Stands in for ``kedro run`` (minutes): a process that runs until the test opens the gate
+    file, then writes a new model where the app loads it from, as a training run does."""
     code = (
-        "import shutil, time; print('training', flush=True); time.sleep(2); "
+        "import os, shutil, time; print('training', flush=True)\n"
+        f"while not os.path.exists({str(gate)!r}): time.sleep(0.05)\n"
         f"shutil.copy({str(new_model)!r}, {str(model_path)!r}); print('saved')"
     )
     return (sys.executable, "-c", code)
@@ -48,11 +49,9 @@ def test_a_training_run_switches_the_app_to_the_new_model(
     model_path = tmp_path / "models" / "classifier.keras"
     model_path.parent.mkdir()
     shutil.copy(trained_model_path, model_path)
-    base = live_server(
-        model_path,
-        train_token=TOKEN,
-        train_command=_training_command(retrained_model_path, model_path),
-    )
+    gate = tmp_path / "finish-training"
+    command = _training_command(retrained_model_path, model_path, gate)
+    base = live_server(model_path, train_token=TOKEN, train_command=command)
     image = sample_image_path("large_cell_carcinoma").read_bytes()
     before = requests.get(f"{base}/health", timeout=10).json()["model"]
     answer_before = requests.post(
@@ -77,10 +76,15 @@ def test_a_training_run_switches_the_app_to_the_new_model(
     # the old model answers while the run goes on
     during = requests.post(f"{base}/predict", files={"file": ("x.png", image)}, timeout=60)
     assert during.json()["model"]["version"] == before["version"]
+    gate.touch()
 
     finished = _wait(base, job["job_id"])
     assert finished["state"] == "succeeded", finished
     assert finished["returncode"] == 0 and "saved" in finished["log_tail"]
+    assert (
+        finished["message"]
+        == f"the app now serves the new model (version {finished['model']['version']})"
+    )
     after = requests.get(f"{base}/health", timeout=10).json()["model"]
     assert after["version"] != before["version"] and finished["model"] == after
     answer_after = requests.post(
@@ -103,3 +107,27 @@ def test_a_failed_run_keeps_the_old_model(live_server, trained_model_path):
     assert health["model"] == before and health["training"]["running_job"] is None
     # a new run may start once the failed one is over
     assert requests.post(f"{base}/train", headers=AUTH, timeout=10).status_code == 202
+
+
+def test_a_run_that_leaves_the_model_unchanged_says_so(live_server, trained_model_path):
+    # as in registry mode when the champion gate keeps the previous version
+    unchanged = (sys.executable, "-c", "print('nothing better')")
+    base = live_server(trained_model_path, train_token=TOKEN, train_command=unchanged)
+    job = requests.post(f"{base}/train", headers=AUTH, timeout=10).json()
+    finished = _wait(base, job["job_id"], timeout=120)
+    assert finished["state"] == "succeeded" and "unchanged" in finished["message"]
+
+
+def test_a_run_that_writes_a_broken_model_keeps_the_old_one(
+    live_server, trained_model_path, tmp_path
+):
+    model_path = tmp_path / "classifier.keras"
+    shutil.copy(trained_model_path, model_path)
+    breaking = (sys.executable, "-c", f"open({str(model_path)!r}, 'wb').write(b'garbage')")
+    base = live_server(model_path, train_token=TOKEN, train_command=breaking)
+    before = requests.get(f"{base}/health", timeout=10).json()["model"]
+    job = requests.post(f"{base}/train", headers=AUTH, timeout=10).json()
+    finished = _wait(base, job["job_id"], timeout=120)
+    assert finished["state"] == "failed" and "cannot be loaded" in finished["message"]
+    health = requests.get(f"{base}/health", timeout=10)
+    assert health.status_code == 200 and health.json()["model"] == before

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -38,16 +38,18 @@ def register_error_handlers(app: Flask, max_upload_bytes: int) -> None:
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_: RequestEntityTooLarge) -> ResponseReturnValue:
-        return _answer(
-            413,
-            "payload_too_large",
-            f"The request is larger than the {max_upload_bytes / 2**20:g} MB limit.",
-        )
+        if (request.content_length or 0) > max_upload_bytes:
+            message = f"The request is larger than the {max_upload_bytes / 2**20:g} MB limit."
+        else:  # Werkzeug's other form limits: too many parts, a huge non-file field
+            message = "The form has too many parts or too large a field: send one file."
+        return _answer(413, "payload_too_large", message)
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> ResponseReturnValue:
         code = (error.name or "error").lower().replace(" ", "_")
-        return _answer(error.code or 500, code, error.description or error.name)
+        # e.g. 405's Allow: which methods the route takes
+        kept = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
+        return _answer(error.code or 500, code, error.description or error.name, kept)
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception) -> ResponseReturnValue:

@@ -38,6 +38,7 @@ def index() -> ResponseReturnValue:
         "index.html",
         labels=[{"label": label, "display_name": DISPLAY_NAMES[label]} for label in LABELS],
         max_upload_mb=state.settings.max_upload_bytes / 2**20,
+        uncertain_below=state.settings.uncertain_below,
         notice=RESEARCH_NOTICE,
     )
 
@@ -94,7 +95,10 @@ def _image_bytes() -> bytes:
             )
         data = upload.read()
     elif mimetype == "application/json":
-        body = request.get_json(silent=True)
+        try:
+            body = request.get_json(silent=True)
+        except RecursionError:  # nested deeper than Python's JSON parser goes
+            body = None
         if not isinstance(body, dict) or not isinstance(body.get("image"), str):
             raise ApiError(
                 400,

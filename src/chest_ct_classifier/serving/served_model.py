@@ -12,10 +12,13 @@ import io
 import json
 import logging
 import re
+import tempfile
 import threading
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import keras
 import numpy as np
@@ -24,8 +27,10 @@ import yaml
 from PIL import Image
 
 from chest_ct_classifier.explanation import LAST_CONV_LAYER, grad_cam, overlay_heatmap
-from chest_ct_classifier.model_architecture import image_size_of
+from chest_ct_classifier.labels import LABELS
+from chest_ct_classifier.model_architecture import OUTPUT_LAYER, image_size_of
 from chest_ct_classifier.preprocessing import fitted_rgb, scale_for_vgg16
+from chest_ct_classifier.serving import measured_quality
 from chest_ct_classifier.serving.settings import MODEL_DATASET, ServingSettings
 
 logger = logging.getLogger(__name__)
@@ -54,8 +59,10 @@ class ModelInfo:
     weights: str
     image_size: int
     loaded_at: str
+    measured: dict[str, Any] | None = None
+    """Its scores on held-out images (``measured_quality``); None when never evaluated."""
 
-    def as_dict(self) -> dict[str, str | int]:
+    def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -113,7 +120,8 @@ def load_served_model(settings: ServingSettings) -> ServedModel:
     """The model the settings name: the registry URI when set, else the model file.
 
     Raises:
-        ModelUnavailableError: nothing to load, or it cannot be loaded; says what to do.
+        ModelUnavailableError: nothing to load, or it cannot be loaded or served; says what to
+            do. Details (stack, credentials) go to the log, not into the message.
     """
     if settings.model_uri:
         return _load_from_registry(settings.model_uri)
@@ -121,36 +129,66 @@ def load_served_model(settings: ServingSettings) -> ServedModel:
         path = settings.resolved_model_path()
     except FileNotFoundError as exc:
         raise ModelUnavailableError(str(exc)) from exc
-    return _load_from_file(path)
+    # The project's evaluation report is about the catalog's model, not about another file.
+    report = settings.resolved_metrics_path() if settings.model_path is None else None
+    return _load_from_file(path, report)
+
+
+def servable_image_size(model: keras.Model) -> int:
+    """The model's square input size, after checking that this app can serve it: RGB square
+    input, one output per class, and the layers Grad-CAM reads.
+
+    Raises:
+        ValueError: says what does not fit.
+    """
+    shape = tuple(model.input_shape)
+    if len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2] or not shape[1]:
+        raise ValueError(f"its input is {shape}, not a square RGB image")
+    if model.output_shape[-1] != len(LABELS):
+        raise ValueError(f"it has {model.output_shape[-1]} outputs, not one per class")
+    for layer in (LAST_CONV_LAYER, OUTPUT_LAYER):
+        model.get_layer(layer)  # ValueError when absent
+    return image_size_of(model)
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _load_from_file(path: Path) -> ServedModel:
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
+
+
+def _load_from_file(path: Path, report: Path | None = None) -> ServedModel:
     if not path.is_file():
         raise ModelUnavailableError(
             f"No trained model at {path}. Train one first: `make run` (or `kedro run`) in the "
             "project folder, then restart the app; or set CHEST_CT_MODEL_PATH to a model file, "
             "or CHEST_CT_MODEL_URI to a registered model."
         )
-    data = path.read_bytes()
     try:
+        data = path.read_bytes()
         model = keras.saving.load_model(path, compile=False)
+        info = ModelInfo(
+            name=MODEL_NAME,
+            version="sha256:" + hashlib.sha256(data).hexdigest()[:12],
+            source="file",
+            location=str(path),
+            weights=_weights_beside(path),
+            image_size=servable_image_size(model),
+            loaded_at=_now(),
+            measured=measured_quality.from_metrics_file(report, path) if report else None,
+        )
+        served = ServedModel(model, info)
     except Exception as exc:  # Keras raises many types for a broken or foreign file
-        raise ModelUnavailableError(f"The model file {path} cannot be loaded: {exc}") from exc
-    info = ModelInfo(
-        name=MODEL_NAME,
-        version="sha256:" + hashlib.sha256(data).hexdigest()[:12],
-        source="file",
-        location=str(path),
-        weights=_weights_beside(path),
-        image_size=image_size_of(model),
-        loaded_at=_now(),
-    )
+        logger.exception("Cannot serve the model file %s", path)
+        raise ModelUnavailableError(
+            f"The model file {path} cannot be loaded and served ({_first_line(exc)}). Train a "
+            "new one with `make run` (or `kedro run`), then restart the app."
+        ) from exc
     logger.info("Serving %s (%s, weights %s)", path, info.version, info.weights)
-    return ServedModel(model, info)
+    return served
 
 
 def _weights_beside(path: Path) -> str:
@@ -160,46 +198,65 @@ def _weights_beside(path: Path) -> str:
         return "unknown"
 
 
+def _without_credentials(uri: str) -> str:
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
 def _load_from_registry(uri: str) -> ServedModel:
     # Imported here: only registry serving needs MLflow.
     import mlflow  # noqa: PLC0415
-    from mlflow.exceptions import MlflowException  # noqa: PLC0415
 
     try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-        flavour = yaml.safe_load((local / "MLmodel").read_text())["flavors"]["python_function"]
-        model_file = local / flavour["artifacts"][MODEL_DATASET]["path"]
-        model = keras.saving.load_model(model_file, compile=False)
-        version, weights = _registry_version(uri)
-    except (MlflowException, OSError, KeyError, TypeError, ValueError) as exc:
+        pinned_uri, version, weights, measured = _registry_version(uri)
+        with tempfile.TemporaryDirectory() as download:
+            local = Path(
+                mlflow.artifacts.download_artifacts(artifact_uri=pinned_uri, dst_path=download)
+            )
+            flavour = yaml.safe_load((local / "MLmodel").read_text())["flavors"]
+            artifact = flavour["python_function"]["artifacts"][MODEL_DATASET]["path"]
+            model = keras.saving.load_model(local / artifact, compile=False)
+        match = _MODELS_URI.match(uri)
+        info = ModelInfo(
+            name=match["name"] if match else MODEL_NAME,
+            version=version,
+            source="registry",
+            location=pinned_uri,
+            weights=weights,
+            image_size=servable_image_size(model),
+            loaded_at=_now(),
+            measured=measured,
+        )
+        served = ServedModel(model, info)
+    except Exception as exc:  # MLflow, network, file and Keras errors alike
+        logger.exception("Cannot serve the registered model %s", uri)
         raise ModelUnavailableError(
             f"The registered model {uri} cannot be loaded from the MLflow registry at "
-            f"{mlflow.get_tracking_uri()}: {exc}. Train and register one with `kedro run`."
+            f"{_without_credentials(mlflow.get_tracking_uri())} ({type(exc).__name__}; details "
+            "in the server log). Train and register one with `kedro run`, or check "
+            "MLFLOW_TRACKING_URI and CHEST_CT_MODEL_URI."
         ) from exc
-    info = ModelInfo(
-        name=_MODELS_URI.match(uri)["name"] if _MODELS_URI.match(uri) else MODEL_NAME,
-        version=version,
-        source="registry",
-        location=uri,
-        weights=weights,
-        image_size=image_size_of(model),
-        loaded_at=_now(),
-    )
     logger.info("Serving %s (version %s, weights %s)", uri, version, weights)
-    return ServedModel(model, info)
+    return served
 
 
-def _registry_version(uri: str) -> tuple[str, str]:
-    """The version number a ``models:/`` URI resolves to, and the weights its run used."""
+def _registry_version(uri: str) -> tuple[str, str, str, dict[str, Any] | None]:
+    """The URI pinned to the version it names now (so the version reported is the version
+    loaded, even if the alias moves meanwhile), that version, the weights its run used and the
+    scores its run measured."""
     from mlflow import MlflowClient  # noqa: PLC0415
 
     match = _MODELS_URI.match(uri)
     if match is None:
-        return uri, "unknown"
+        return uri, uri, "unknown", None
     client = MlflowClient()
     if match["alias"]:
         version = client.get_model_version_by_alias(match["name"], match["alias"])
     else:
         version = client.get_model_version(match["name"], match["version"])
-    weights = client.get_run(version.run_id).data.tags.get("weights_used", "unknown")
-    return str(version.version), weights
+    run = client.get_run(version.run_id)
+    weights = run.data.tags.get("weights_used", "unknown")
+    measured = measured_quality.from_run_metrics(run.data.metrics)
+    return f"models:/{match['name']}/{version.version}", str(version.version), weights, measured

@@ -19,6 +19,8 @@ PREFIX = "CHEST_CT_"
 CATALOG_FILE = Path("conf") / "base" / "catalog.yml"
 MODEL_DATASET = "trained_model"
 """The catalog entry of the calibrated classifier: what evaluation, inference and serving use."""
+METRICS_DATASET = "metrics"
+"""The catalog entry of the evaluation report (an MLflow artifact wrapping a JSON file)."""
 
 DEFAULT_TRAIN_COMMAND = (sys.executable, "-m", "kedro", "run")
 
@@ -40,7 +42,8 @@ class ServingSettings:
     model_uri: str | None = None
     """An MLflow model URI (``models:/chest-ct-classifier@champion``): load from the registry."""
     max_upload_bytes: int = 10 * 1024 * 1024
-    max_image_pixels: int = 40_000_000
+    max_image_pixels: int = 12_000_000
+    """A CT slice is about 0.3 megapixels; decoding costs over 13 bytes per pixel per request."""
     uncertain_below: float = 0.5
     """An answer whose top probability is below this is flagged ``uncertain``."""
     cors_origins: tuple[str, ...] = ()
@@ -63,7 +66,7 @@ class ServingSettings:
             model_path=Path(model_path) if model_path else None,
             model_uri=get("MODEL_URI"),
             max_upload_bytes=int(float(get("MAX_UPLOAD_MB") or 10) * 1024 * 1024),
-            max_image_pixels=int(get("MAX_IMAGE_PIXELS") or 40_000_000),
+            max_image_pixels=int(get("MAX_IMAGE_PIXELS") or 12_000_000),
             uncertain_below=float(get("UNCERTAIN_BELOW") or 0.5),
             cors_origins=tuple(
                 origin.strip()
@@ -80,13 +83,24 @@ class ServingSettings:
         path = self.model_path or catalog_model_path(self.project_path)
         return path if path.is_absolute() else self.project_path / path
 
+    def resolved_metrics_path(self) -> Path | None:
+        """The evaluation report the catalog names, in the project; None when it names none."""
+        try:
+            entry = _catalog(self.project_path)[METRICS_DATASET]
+            path = Path(entry.get("dataset", entry)["filepath"])
+        except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+            return None
+        return path if path.is_absolute() else self.project_path / path
+
+
+def _catalog(project_path: Path) -> dict:
+    return yaml.safe_load((project_path / CATALOG_FILE).read_text())
+
 
 def catalog_model_path(project_path: Path) -> Path:
     """``filepath`` of the catalog's ``trained_model`` entry (the file ``kedro run`` writes)."""
-    catalog_file = project_path / CATALOG_FILE
     try:
-        catalog = yaml.safe_load(catalog_file.read_text())
-        return Path(catalog[MODEL_DATASET]["filepath"])
+        return Path(_catalog(project_path)[MODEL_DATASET]["filepath"])
     except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
         raise FileNotFoundError(
             f"no model path configured: set {PREFIX}MODEL_PATH, or run the app in the project "

@@ -37,14 +37,25 @@ class AppState:
             self.model, self.model_error = None, str(exc)
             logger.warning("No model served: %s", exc)
 
-    def switch_model(self) -> dict[str, Any]:
-        """Load the configured model again (after training) and serve it from now on.
+    def switch_model(self) -> tuple[dict[str, Any], str]:
+        """Load the configured model again (after training) and serve it from now on; returns
+        its description and what changed.
 
         The new model is fully loaded before the reference changes; requests already holding
         the old one finish on it. A failed load raises and keeps the old model.
         """
         with self._switch_lock:
+            previous = self.model.info.version if self.model else None
             model = load_served_model(self.settings)
             self.model, self.model_error = model, None
-        logger.info("Switched to model %s", model.info.version)
-        return model.info.as_dict()
+        version = model.info.version
+        if version == previous:
+            message = (
+                f"the run finished, but the configured model is unchanged (version {version}): "
+                "a registered run whose validation macro-F1 does not beat the champion's does "
+                "not move the champion alias"
+            )
+        else:
+            message = f"the app now serves the new model (version {version})"
+        logger.info("Model switch: %s", message)
+        return model.info.as_dict(), message

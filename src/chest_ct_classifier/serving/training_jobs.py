@@ -7,6 +7,7 @@ untouched until the run has finished and the new model has loaded.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import subprocess
 import threading
@@ -64,7 +65,7 @@ class TrainingJobs:
         self,
         command: Sequence[str],
         cwd: Path,
-        on_success: Callable[[], dict[str, Any]],
+        on_success: Callable[[], tuple[dict[str, Any], str]],
     ) -> None:
         self._command = tuple(command)
         self._cwd = cwd
@@ -72,6 +73,17 @@ class TrainingJobs:
         self._jobs: dict[str, TrainingJob] = {}
         self._lock = threading.Lock()
         self._running: TrainingJob | None = None
+        self._process: subprocess.Popen | None = None
+        # A server that stops (SIGTERM on redeploy) takes its training run with it, rather than
+        # leaving an orphan that goes on writing the model file.
+        atexit.register(self.stop)
+
+    def stop(self) -> None:
+        """End the running training process, if any."""
+        process = self._process
+        if process is not None and process.poll() is None:
+            logger.warning("Stopping training process %d: the server is stopping", process.pid)
+            process.terminate()
 
     @property
     def running_job_id(self) -> str | None:
@@ -95,7 +107,9 @@ class TrainingJobs:
             job = TrainingJob(job_id=uuid.uuid4().hex[:12], command=self._command)
             self._jobs[job.job_id] = job
             self._running = job
-        threading.Thread(target=self._run, args=(job,), name=f"training-{job.job_id}").start()
+        threading.Thread(
+            target=self._run, args=(job,), name=f"training-{job.job_id}", daemon=True
+        ).start()
         logger.info("Training run %s started: %s", job.job_id, " ".join(self._command))
         return job
 
@@ -110,19 +124,21 @@ class TrainingJobs:
                 text=True,
                 errors="replace",
             ) as process:
+                self._process = process
                 for line in process.stdout:
                     job.log.append(line.rstrip())
             job.returncode = process.returncode
             if process.returncode != 0:
                 job.state, job.message = "failed", f"the run exited with {process.returncode}"
             else:
-                job.model = self._on_success()
-                job.state, job.message = "succeeded", "the app now serves the new model"
+                job.model, job.message = self._on_success()
+                job.state = "succeeded"
         except Exception as exc:  # a failed run or switch is reported, never raised
             logger.exception("Training run %s failed", job.job_id)
             job.state, job.message = "failed", f"{type(exc).__name__}: {exc}"
         finally:
             job.finished_at = _now()
+            self._process = None
             with self._lock:
                 self._running = None
             logger.info("Training run %s %s: %s", job.job_id, job.state, job.message)

@@ -33,6 +33,7 @@
     uncertain: byId("result-uncertain"),
     bars: byId("probability-bars"),
     modelInfo: byId("model-info"),
+    modelMeasured: byId("model-measured"),
   };
 
   const state = {
@@ -204,6 +205,23 @@
     return parts.join(" · ");
   }
 
+  // What the model scored on held-out images, in words: every answer is read beside it.
+  function measuredDescription(model) {
+    const measured = model && model.measured;
+    if (!measured || typeof measured !== "object") {
+      return "This model has no evaluation on held-out images: how often it is right is unknown.";
+    }
+    const images = measured.images ? `${measured.images} ` : "";
+    const recall = Object.entries(measured.recall || {})
+      .map(([label, value]) => `${displayName(label).toLowerCase()} ${formatPercent(value)}`)
+      .join(", ");
+    return (
+      `Measured on ${images}held-out ${measured.split} images: right ` +
+      `${formatPercent(measured.accuracy)} of the time (macro-F1 ` +
+      `${Number(measured.macro_f1).toFixed(2)}). Share of each type it recognises: ${recall}.`
+    );
+  }
+
   function renderModelReady(model) {
     ui.modelStatus.replaceChildren();
     const badge = document.createElement("span");
@@ -212,7 +230,11 @@
     const text = document.createElement("span");
     text.className = "small text-body-secondary";
     text.textContent = modelDescription(model);
-    ui.modelStatus.append(badge, text);
+    const measured = document.createElement("div");
+    measured.id = "model-measured-status";
+    measured.className = "small mt-1";
+    measured.textContent = measuredDescription(model);
+    ui.modelStatus.append(badge, text, measured);
   }
 
   function renderModelProblem(title, details) {
@@ -305,6 +327,7 @@
     ui.modelInfo.textContent = modelDescription(data.model)
       ? `Model: ${modelDescription(data.model)}`
       : "";
+    ui.modelMeasured.textContent = measuredDescription(data.model);
     show(ui.placeholder, false);
     show(ui.result, true);
     // On a narrow screen the result card sits below the upload card: bring it into view.
@@ -372,6 +395,8 @@
         showError("The server did not send a heatmap for this image.");
       }
       renderImageFrame();
+      // the switch was turned on while this (heatmap-less) answer was on its way
+      if (!explain && ui.heatmapToggle.checked && !state.heatmap) onHeatmapToggle();
     } catch (error) {
       if (serial !== state.serial) return;
       showError(error.message);
