@@ -26,7 +26,7 @@ run: setup
 test: setup
 	$(BIN)/ruff check src tests scripts app.py gunicorn.conf.py
 	$(BIN)/ruff format --check src tests scripts app.py gunicorn.conf.py
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 lint: setup
 	$(BIN)/ruff check --fix src tests scripts app.py gunicorn.conf.py

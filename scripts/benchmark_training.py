@@ -9,7 +9,7 @@ two-phase training, on real images; and the time of each node of the latest ``ke
 Both loops train the same model on the same images with the same batch size:
 
 - phase 1 (head only): naive runs VGG16's blocks 1-5 on every image every epoch; cached trains
-  the head on the stored block-5 output (of every augmented view, as the pipeline does);
+  the head on the stored head input vector (of every augmented view, as the pipeline does);
 - phase 2 (block 5 + head): naive runs blocks 1-4 every epoch; cached starts from the stored
   block-4 activations.
 

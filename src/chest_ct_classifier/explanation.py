@@ -1,7 +1,7 @@
 """Grad-CAM: where in the image the model looked for its answer (Selvaraju et al., 2017).
 
-The heatmap weighs the last convolution's feature maps by the gradient of the chosen class's
-logit (the input of the softmax), keeps the positive part and scales it to [0, 1].
+The heatmap weighs a convolution's feature maps (``CAM_LAYER``) by the gradient of the chosen
+class's logit (the input of the softmax), keeps the positive part and scales it to [0, 1].
 """
 
 from __future__ import annotations
@@ -13,14 +13,17 @@ import tensorflow as tf
 
 from chest_ct_classifier.model_architecture import OUTPUT_LAYER
 
-LAST_CONV_LAYER = "block5_conv3"
+CAM_LAYER = "block4_conv3"
+"""Every path to the answer passes this convolution: the head reads block 4's pooled output as
+well as block 5's (``model_architecture.build_classifier``), so block 5's maps alone would miss
+part of the evidence. 28x28 maps at 224 px."""
 
 
 def grad_cam(
     model: keras.Model,
     image: np.ndarray,
     class_index: int | None = None,
-    layer_name: str = LAST_CONV_LAYER,
+    layer_name: str = CAM_LAYER,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Heatmap for one preprocessed image, and the model's class probabilities for it.
 

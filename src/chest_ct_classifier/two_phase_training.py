@@ -1,8 +1,9 @@
 """Two-phase training on cached activations: the head first, then block 5 with the head.
 
 Blocks 1-4 never change, so their activations are computed once per image and augmented view
-and cached (see the training pipeline's ``cache_activations``), together with the output of the
-still-frozen block 5. Phase 1 trains only the head, on that cached block-5 output of every view.
+and cached (see the training pipeline's ``cache_activations``), together with the head's input
+vector (``FEATURE_LAYER``) computed with block 5 still frozen. Phase 1 trains only the head, on
+that cached vector of every view.
 Phase 2 unfreezes block 5 and trains it with the head from the cached block-4 activations, each
 epoch on one randomly chosen view per image: an epoch costs block 5 and the head, not VGG16.
 
@@ -42,10 +43,10 @@ class CachedImages:
 
     Attributes:
         activations: (N, h, w, c) output of ``CACHED_LAYER`` (block 4) for the original images.
-        features: (N, h', w', c') output of ``FEATURE_LAYER`` (frozen block 5), same images.
+        features: (N, d) output of ``FEATURE_LAYER`` (block 5 frozen), same images.
         labels: (N,) class indices into LABELS.
         view_activations: (N, V, h, w, c) block-4 output of V augmented views of each image.
-        view_features: (N, V, h', w', c') frozen block-5 output of the same views.
+        view_features: (N, V, d) the same for the same views.
     """
 
     activations: np.ndarray
@@ -107,6 +108,21 @@ def predict_in_batches(network: keras.Model, inputs: np.ndarray, batch_size: int
     )  # fmt: skip
 
 
+def _start_normalization_from(head: keras.Model, features: np.ndarray) -> None:
+    """Start the head's batch normalization of the features from their own mean and variance.
+
+    VGG16's pooled activations reach the hundreds: with the default statistics (0 and 1) the
+    head's inference-mode answers stay saturated until the moving averages catch up, and the
+    first epochs look far worse on the monitor images than the head really is.
+    """
+    for layer in head.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            if tuple(layer.moving_mean.shape) == features.shape[1:]:
+                layer.moving_mean.assign(features.mean(axis=0))
+                layer.moving_variance.assign(features.var(axis=0))
+            return  # only the first one normalizes the features themselves
+
+
 def train_two_phase(
     model: keras.Model,
     train: CachedImages,
@@ -114,7 +130,7 @@ def train_two_phase(
     monitor: CachedImages | None = None,
     epochs: tuple[int, int] | None = None,
 ) -> tuple[keras.Model, dict[str, PhaseResult]]:
-    """Train a copy of ``model``: the head on frozen block-5 features, then block 5 and the head.
+    """Train a copy of ``model``: the head on cached features, then block 5 and the head.
 
     Args:
         model: the prepared classifier; left unchanged (Keras' global seeds are reset).
@@ -152,6 +168,7 @@ def train_two_phase(
         if n_views
         else train.features[:, None]
     ).reshape(-1, *train.features.shape[1:])
+    _start_normalization_from(head, phase1_inputs)
     phase1 = _run_phase(
         "phase 1 (head)",
         head,

@@ -26,7 +26,7 @@ import tensorflow as tf
 import yaml
 from PIL import Image
 
-from chest_ct_classifier.explanation import LAST_CONV_LAYER, grad_cam, overlay_heatmap
+from chest_ct_classifier.explanation import CAM_LAYER, grad_cam, overlay_heatmap
 from chest_ct_classifier.labels import LABELS
 from chest_ct_classifier.model_architecture import OUTPUT_LAYER, image_size_of
 from chest_ct_classifier.preprocessing import fitted_rgb, scale_for_vgg16
@@ -110,7 +110,7 @@ class ServedModel:
             probabilities = self.forward(model_input[None])[0]
             return Classification(probabilities.astype(np.float32), None)
         with self._explain_lock:
-            heatmap, probabilities = grad_cam(self.model, model_input, layer_name=LAST_CONV_LAYER)
+            heatmap, probabilities = grad_cam(self.model, model_input, layer_name=CAM_LAYER)
         buffer = io.BytesIO()
         Image.fromarray(overlay_heatmap(rgb, heatmap)).save(buffer, format="PNG")
         return Classification(probabilities, buffer.getvalue())
@@ -146,7 +146,7 @@ def servable_image_size(model: keras.Model) -> int:
         raise ValueError(f"its input is {shape}, not a square RGB image")
     if model.output_shape[-1] != len(LABELS):
         raise ValueError(f"it has {model.output_shape[-1]} outputs, not one per class")
-    for layer in (LAST_CONV_LAYER, OUTPUT_LAYER):
+    for layer in (CAM_LAYER, OUTPUT_LAYER):
         model.get_layer(layer)  # ValueError when absent
     return image_size_of(model)
 

@@ -53,7 +53,8 @@ def test_activations_are_cached_once_per_content_with_views_for_train_and_valid(
     n = len(sample_images) + 2
     assert len(cache["path"]) == len(cache["label"]) == len(cache["content"]) == n
     assert cache["activations"].shape == (len(sample_images), 2, 2, 512)  # 32 px: block 4 is 2x2
-    assert cache["features"].shape == (len(sample_images), 1, 1, 512)
+    # the head's pooled vector: block 4's average and maximum, block 5's average
+    assert cache["features"].shape == (len(sample_images), 3 * 512)
     paths = list(cache["path"])
     copy, original = paths.index(COPY), paths.index("Data/train/normal/n7.png")
     assert cache["content"][copy] == cache["content"][original]
@@ -125,11 +126,18 @@ def test_calibration_fits_on_leak_free_valid_and_folds_the_temperature_in(cache,
     assert record["fitted_on"] == "valid" and record["n_images"] == 12
     assert record["nll_after"] <= record["nll_before"] + 1e-9
     rows = np.ones(len(cache["path"]), dtype=bool)
-    expected = scale_probabilities(
-        row_probabilities(tiny_model, cache, rows, 8), record["temperature"]
-    )
-    np.testing.assert_allclose(row_probabilities(calibrated, cache, rows, 8), expected, atol=1e-5)
+    uncalibrated = row_probabilities(tiny_model, cache, rows, 8)
+    expected = scale_probabilities(uncalibrated, record["temperature"])
     assert expected.shape == (len(cache["path"]), len(LABELS))
+    # the untrained tiny model saturates some softmaxes: a probability that underflowed float32
+    # cannot be rescaled from the outside, only from the logits (which the fold does)
+    representable = (uncalibrated > 1e-9).all(axis=1)
+    assert representable.sum() >= 10
+    np.testing.assert_allclose(
+        row_probabilities(calibrated, cache, rows, 8)[representable],
+        expected[representable],
+        atol=1e-5,
+    )
 
 
 def test_row_probabilities_equal_the_model_on_each_file(cache, sample_images, tiny_model):

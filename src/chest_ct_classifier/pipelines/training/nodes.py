@@ -56,8 +56,9 @@ def cache_activations(
         Row arrays aligned with the usable files sorted by path: ``path``, ``split``, ``label``
         (index into LABELS), ``sha256``, ``group`` (near-duplicate group), ``copy_in_train``,
         ``label_conflict`` and ``content`` (row -> content index). Per content:
-        ``activations`` (block 4 output, float32) and ``features`` (frozen block 5 output,
-        float32). For the contents of train and valid files without a label conflict:
+        ``activations`` (block 4 output, float32) and ``features`` (the head's input vector
+        with block 5 frozen, float32). For the contents of train and valid files without a
+        label conflict:
         ``view_content`` (their content indices) and ``view_activations``/``view_features``
         (contents, views, ...) in float16.
     """
