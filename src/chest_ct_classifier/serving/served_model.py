@@ -78,7 +78,7 @@ class ServedModel:
     def __init__(self, model: keras.Model, info: ModelInfo) -> None:
         self.model = model
         self.info = info
-        self.image_size = image_size_of(model)
+        self.image_size = info.image_size
         # One traced graph for every request: no per-call Keras predict overhead, and safe to
         # call from several threads at once.
         self._forward = tf.function(
