@@ -75,7 +75,9 @@ def test_default_run_leaves_model_metrics_and_plots(project):
         assert 0.0 <= scores["accuracy"] <= 1.0 and 0.0 <= scores["macro_f1"] <= 1.0
         assert set(scores["per_class"]) == set(LABELS)
     assert set(metrics["leak_free"]) == {"valid", "test"}
-    assert metrics["calibration"]["fitted_on"] == "valid"
+    assert metrics["calibration"]["fitted_on"] == "holdout"
+    holdout = json.loads((project / "data/06_models/holdout_predictions.json").read_text())
+    assert metrics["calibration"]["n_images"] == len(holdout["labels"]) > 0
     assert 0.0 <= metrics["splits"]["test"]["ece"] <= 1.0
     assert (project / "data/08_reporting/reliability.png").stat().st_size > 1000
     assert (project / "data/08_reporting/grad_cam_examples.png").stat().st_size > 1000

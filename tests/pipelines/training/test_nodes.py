@@ -11,6 +11,7 @@ from chest_ct_classifier.pipelines.training.nodes import (
     choose_training_schedule,
     train_classifier,
 )
+from chest_ct_classifier.two_phase_training import scores
 
 PARAMS = {
     "activation_batch_size": 8,
@@ -71,7 +72,7 @@ def test_activations_are_cached_once_per_content_with_views_for_train_and_valid(
 
 
 def test_schedule_is_chosen_on_a_grouped_hold_out_of_train_and_valid(schedule, cache):
-    chosen, history = schedule
+    chosen, history, _ = schedule
     assert 0 <= chosen["phase1_epochs"] <= 3 and 0 <= chosen["phase2_epochs"] <= 2
     losses = [r["value"] for r in history["phase1_monitor_loss"]]
     if chosen["phase1_epochs"]:  # the kept epoch has the lowest hold-out loss
@@ -95,8 +96,8 @@ def test_test_images_never_influence_the_schedule(cache, schedule, tiny_model):
     test_contents = cache["content"][cache["split"] == "test"]
     poisoned["activations"][test_contents] = np.nan
     poisoned["features"][test_contents] = np.nan
-    again, history = choose_training_schedule(poisoned, tiny_model, PARAMS)
-    assert again == schedule[0]
+    again, history, holdout = choose_training_schedule(poisoned, tiny_model, PARAMS)
+    assert again == schedule[0] and holdout == schedule[2]
     assert all(np.isfinite(r["value"]) for values in history.values() for r in values)
 
 
@@ -120,8 +121,42 @@ def test_no_training_split_is_an_error(cache, schedule, tiny_model):
         train_classifier(only_valid, tiny_model, schedule[0], PARAMS)
 
 
-def test_calibration_fits_on_leak_free_valid_and_folds_the_temperature_in(cache, tiny_model):
-    calibrated, record = calibrate_classifier(tiny_model, cache, PARAMS)
+def test_hold_out_answers_are_the_schedule_runs_on_held_out_train_and_valid_images(cache, schedule):
+    chosen, _, holdout = schedule
+    assert len(holdout["paths"]) == len(holdout["labels"]) == chosen["holdout_images"]
+    assert np.shape(holdout["probabilities"]) == (chosen["holdout_images"], len(LABELS))
+    np.testing.assert_allclose(np.sum(holdout["probabilities"], axis=1), 1.0, atol=1e-5)
+    rows = {p: i for i, p in enumerate(cache["path"])}
+    assert {cache["split"][rows[p]] for p in holdout["paths"]} <= {"train", "valid"}
+    assert holdout["labels"] == [int(cache["label"][rows[p]]) for p in holdout["paths"]]
+    # the answers are the kept epochs': scored, they are the schedule's hold-out scores
+    kept = chosen["holdout_scores"]["phase2"]
+    again = scores(np.array(holdout["labels"]), np.array(holdout["probabilities"], np.float32))
+    assert again["loss"] == pytest.approx(kept["monitor_loss"], rel=1e-5)
+    assert again["accuracy"] == kept["monitor_accuracy"]
+
+
+def test_calibration_fits_the_hold_out_answers_and_folds_the_temperature_in(
+    cache, schedule, tiny_model
+):
+    calibrated, record = calibrate_classifier(tiny_model, cache, schedule[2], PARAMS)
+    assert record["fitted_on"] == "holdout" and record["n_images"] == schedule[0]["holdout_images"]
+    assert record["nll_after"] <= record["nll_before"] + 1e-9
+    rows = np.ones(len(cache["path"]), dtype=bool)
+    uncalibrated = row_probabilities(tiny_model, cache, rows, 8)
+    expected = scale_probabilities(uncalibrated, record["temperature"])
+    representable = (uncalibrated > 1e-9).all(axis=1)
+    assert representable.sum() >= 10
+    np.testing.assert_allclose(
+        row_probabilities(calibrated, cache, rows, 8)[representable],
+        expected[representable],
+        atol=1e-5,
+    )
+
+
+def test_calibration_can_fit_on_leak_free_valid(cache, schedule, tiny_model):
+    on_valid = {**PARAMS, "calibration": {"fit_on": "valid"}}
+    calibrated, record = calibrate_classifier(tiny_model, cache, schedule[2], on_valid)
     # 13 valid files, of which the copy of a train image is left out
     assert record["fitted_on"] == "valid" and record["n_images"] == 12
     assert record["nll_after"] <= record["nll_before"] + 1e-9
@@ -153,7 +188,15 @@ def test_row_probabilities_equal_the_model_on_each_file(cache, sample_images, ti
     np.testing.assert_allclose(row_probabilities(tiny_model, cache, rows, 8), direct, atol=1e-5)
 
 
-def test_without_valid_images_nothing_is_calibrated(cache, tiny_model):
+def test_without_valid_images_nothing_is_calibrated(cache, schedule, tiny_model):
     no_valid = {**cache, "split": np.where(cache["split"] == "valid", "test", cache["split"])}
-    model, record = calibrate_classifier(tiny_model, no_valid, PARAMS)
+    on_valid = {**PARAMS, "calibration": {"fit_on": "valid"}}
+    model, record = calibrate_classifier(tiny_model, no_valid, schedule[2], on_valid)
     assert model is tiny_model and record["temperature"] == 1.0 and record["fitted_on"] is None
+
+
+def test_an_unknown_calibration_set_is_an_error(cache, schedule, tiny_model):
+    with pytest.raises(ValueError, match="fit_on must be one of"):
+        calibrate_classifier(
+            tiny_model, cache, schedule[2], {**PARAMS, "calibration": {"fit_on": "test"}}
+        )

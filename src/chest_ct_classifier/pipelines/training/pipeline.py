@@ -1,5 +1,5 @@
 """Training: cache the frozen layers' activations, choose the schedule on a leak-free hold-out,
-refit on train, calibrate on valid."""
+refit on train, calibrate on the hold-out's answers."""
 
 from kedro.pipeline import Pipeline, node, pipeline
 
@@ -23,7 +23,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             node(
                 choose_training_schedule,
                 inputs=["cached_activations", "untrained_model", "params:training"],
-                outputs=["training_schedule", "selection_history"],
+                outputs=["training_schedule", "selection_history", "holdout_predictions"],
                 name="choose_training_schedule",
             ),
             node(
@@ -39,7 +39,12 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 calibrate_classifier,
-                inputs=["uncalibrated_model", "cached_activations", "params:training"],
+                inputs=[
+                    "uncalibrated_model",
+                    "cached_activations",
+                    "holdout_predictions",
+                    "params:training",
+                ],
                 outputs=["trained_model", "calibration"],
                 name="calibrate_classifier",
             ),
