@@ -14,9 +14,11 @@ bind = f"0.0.0.0:{os.environ.get('PORT', '8080')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 
 # Threads serve concurrent requests from the one model: the page and /health stay responsive
-# while a prediction (with Grad-CAM, seconds on a small CPU) is running.
+# while a prediction (with Grad-CAM, seconds on a small CPU) is running, and predictions that
+# arrive together are answered by one batched forward pass (CHEST_CT_MAX_BATCH, 16): a thread
+# per request that may wait in a batch, so as many threads as the largest batch.
 worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+threads = int(os.environ.get("GUNICORN_THREADS", "16"))
 
 # The worker must load TensorFlow and the model before it answers its first heartbeat, and a
 # prediction with Grad-CAM on a busy small CPU takes seconds: 120 s keeps gunicorn from killing

@@ -27,6 +27,7 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
+from chest_ct_classifier.serving.settings import ServingSettings
 from tests.conftest import BIN, PROJECT_ROOT
 
 WORKFLOW = PROJECT_ROOT / ".github" / "workflows" / "main.yaml"
@@ -484,7 +485,8 @@ def test_gunicorn_defaults_serve_one_worker_on_port_8080(monkeypatch):
     settings = gunicorn_settings(monkeypatch)
     assert settings["bind"] == "0.0.0.0:8080"
     assert settings["workers"] == 1  # one model and one /train job table per process
-    assert settings["threads"] == 4
+    # as many request threads as the largest batch the app forms (CHEST_CT_MAX_BATCH's default)
+    assert settings["threads"] == ServingSettings().max_batch == 16
     assert settings["timeout"] == 120
     assert settings["accesslog"] == "-"
     assert not settings.get("preload_app")  # TensorFlow is loaded after the fork

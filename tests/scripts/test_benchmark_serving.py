@@ -1,8 +1,12 @@
-"""The serving benchmark runs end to end: gunicorn as the image starts it, a small real model."""
+"""The serving benchmark runs end to end: gunicorn as the image starts it, a small real model, in
+each precision it is asked for, and the seed-style baseline."""
 
 import json
 
+import keras
 import pytest
+
+from chest_ct_classifier.precision import int8_feature_extractor
 
 from ..conftest import PROJECT_ROOT, SAMPLE_ROOT, run_tool
 from ..serving.conftest import train_small_model
@@ -10,21 +14,32 @@ from ..serving.conftest import train_small_model
 pytestmark = pytest.mark.slow
 
 
-def test_benchmark_measures_raw_and_served_and_checks_the_answers(tmp_path):
+def test_benchmark_measures_each_precision_raw_and_served_and_checks_the_answers(tmp_path):
     model = train_small_model(tmp_path / "model" / "classifier.keras", 1, seed=0)
+    # an int8 model beside it, but no gate report: the app must refuse int8 and serve fp32
+    int8 = int8_feature_extractor(keras.saving.load_model(model, compile=False))
+    (model.parent / "classifier_int8.tflite").write_bytes(int8)
     report = tmp_path / "report" / "serving"
     run_tool(
         tmp_path,
         "python",
         str(PROJECT_ROOT / "scripts" / "benchmark_serving.py"),
         "--model", str(model), "--images", str(SAMPLE_ROOT), "--max-images", "4",
-        "--repeats", "3", "--single", "4", "--clients", "2", "--requests", "3",
-        "--output", str(report),
+        "--precisions", "fp32,int8", "--repeats", "3", "--single", "4", "--clients", "2",
+        "--requests", "3", "--baseline", "2", "--threads", "4", "--output", str(report),
     )  # fmt: skip
     result = json.loads(report.with_suffix(".json").read_text())
-    assert result["raw"]["image_size"] == 32 and result["images"] == 4
-    concurrent = result["served"]["concurrent"]
-    assert concurrent["requests"] == 6 and concurrent["errors"] == 0
-    assert concurrent["answers_not_matching_single_client"] == 0
-    assert result["raw"]["forward_batch1"]["p50_ms"] > 0 and result["peak_rss_mb"] > 0
-    assert "| `/predict`, 2 clients x 3 |" in report.with_suffix(".md").read_text()
+    assert result["image_size"] == 32 and result["images"] == 4 and result["threads"] == 4
+    assert set(result["precisions"]) == {"fp32", "int8"}
+    fp32, int8_row = result["precisions"]["fp32"], result["precisions"]["int8"]
+    assert fp32["served_precision"] == "fp32"
+    assert int8_row["served_precision"] == "fp32"  # no gate report: never served in int8
+    assert int8_row["raw"]["forward_batch16_per_image_ms"] > 0  # measured all the same
+    for row in (fp32, int8_row):
+        concurrent = row["concurrent"]
+        assert concurrent["requests"] == 6 and concurrent["errors"] == 0
+        assert concurrent["answers_not_matching_single_client"] == 0
+        assert row["peak_rss_mb"] > 0 and row["latency_over_forward"] > 0
+    assert result["seed_baseline"]["requests"] == 2 and result["seed_baseline"]["p50_ms"] > 0
+    table = report.with_suffix(".md").read_text()
+    assert "| int8 (fp32) |" in table and "seed-style" in table

@@ -18,6 +18,12 @@ def test_defaults_serve_the_file_the_catalog_names():
     assert settings.model_uri is None and settings.train_token is None
     assert settings.cors_origins == () and settings.train_command == DEFAULT_TRAIN_COMMAND
     assert settings.max_upload_bytes == 10 * 2**20
+    parameters = yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_inference.yml").read_text())
+    assert settings.precision == parameters["inference"]["precision"] == "auto"
+    assert (settings.max_batch, settings.batch_wait_ms) == (16, 5.0)
+    assert settings.catalog_file("int8_model") == PROJECT_ROOT / catalog["int8_model"]["filepath"]
+    gate = catalog["precision_gate"]["dataset"]["filepath"]
+    assert settings.catalog_file("precision_gate") == PROJECT_ROOT / gate
 
 
 def test_environment_overrides_every_setting(tmp_path):
@@ -32,6 +38,9 @@ def test_environment_overrides_every_setting(tmp_path):
             "CHEST_CT_CORS_ORIGINS": "https://a.example, https://b.example,",
             "CHEST_CT_TRAIN_TOKEN": "t0ken",
             "CHEST_CT_TRAIN_COMMAND": "kedro run --params 'a=1 2'",
+            "MODEL_PRECISION": "int8",
+            "CHEST_CT_MAX_BATCH": "4",
+            "CHEST_CT_BATCH_WAIT_MS": "2.5",
         }
     )
     assert settings.resolved_model_path() == tmp_path / "models/m.keras"
@@ -41,6 +50,18 @@ def test_environment_overrides_every_setting(tmp_path):
     assert settings.cors_origins == ("https://a.example", "https://b.example")
     assert settings.train_token == "t0ken"
     assert settings.train_command == ("kedro", "run", "--params", "a=1 2")
+    assert (settings.precision, settings.max_batch, settings.batch_wait_ms) == ("int8", 4, 2.5)
+
+
+def test_precision_comes_from_the_project_parameters_unless_the_environment_says(tmp_path):
+    (tmp_path / "conf/base").mkdir(parents=True)
+    (tmp_path / "conf/base/parameters_inference.yml").write_text("inference:\n  precision: bf16\n")
+    project = {"CHEST_CT_PROJECT_PATH": str(tmp_path)}
+    assert ServingSettings.from_environment(project).precision == "bf16"
+    assert ServingSettings.from_environment({**project, "MODEL_PRECISION": "fp32"}).precision == (
+        "fp32"
+    )
+    assert ServingSettings.from_environment({}).precision in ("auto", "bf16", "fp32", "int8")
 
 
 def test_outside_a_project_the_missing_model_path_is_explained(tmp_path):

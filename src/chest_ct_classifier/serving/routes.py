@@ -51,6 +51,8 @@ def health() -> ResponseReturnValue:
         "status": "ok" if model else "no_model",
         "model_loaded": model is not None,
         "model": model.info.as_dict() if model else None,
+        "precision": model.info.precision["served"] if model and model.info.precision else None,
+        "batching": model.batching() if model else None,
         "uptime_seconds": round(time.monotonic() - state.started, 1),
         "training": {
             "enabled": state.jobs is not None,

@@ -22,16 +22,30 @@ from urllib.parse import urlsplit, urlunsplit
 
 import keras
 import numpy as np
-import tensorflow as tf
 import yaml
 from PIL import Image
 
 from chest_ct_classifier.explanation import CAM_LAYER, grad_cam, overlay_heatmap
 from chest_ct_classifier.labels import LABELS
 from chest_ct_classifier.model_architecture import OUTPUT_LAYER, image_size_of
+from chest_ct_classifier.precision import (
+    AUTO,
+    PRECISIONS,
+    Forward,
+    choose_precision,
+    forward_for,
+    traced_forward,
+)
 from chest_ct_classifier.preprocessing import fitted_rgb, scale_for_vgg16
 from chest_ct_classifier.serving import measured_quality
-from chest_ct_classifier.serving.settings import MODEL_DATASET, ServingSettings
+from chest_ct_classifier.serving.request_batching import RequestBatcher
+from chest_ct_classifier.serving.settings import (
+    INT8_DATASET,
+    MODEL_DATASET,
+    PRECISION_GATE_DATASET,
+    PRECISION_VARIABLE,
+    ServingSettings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +75,8 @@ class ModelInfo:
     loaded_at: str
     measured: dict[str, Any] | None = None
     """Its scores on held-out images (``measured_quality``); None when never evaluated."""
+    precision: dict[str, Any] | None = None
+    """The precision served, the one requested, why, and which reduced ones passed the gate."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,27 +89,43 @@ class Classification:
 
 
 class ServedModel:
-    """A loaded classifier and its description; classifies image bytes."""
+    """A loaded classifier and its description; classifies image bytes.
 
-    def __init__(self, model: keras.Model, info: ModelInfo) -> None:
+    Answers come from ``forward`` (fp32 by default: the model traced once, no per-call Keras
+    predict overhead), with concurrent requests grouped into batches of at most ``max_batch``;
+    Grad-CAM heatmaps from the float32 model, for the class the served answer chose.
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        info: ModelInfo,
+        forward: Forward | None = None,
+        max_batch: int = 16,
+        batch_wait_s: float = 0.005,
+    ) -> None:
         self.model = model
         self.info = info
         self.image_size = info.image_size
-        # One traced graph for every request: no per-call Keras predict overhead, and safe to
-        # call from several threads at once.
-        self._forward = tf.function(
-            lambda batch: model(batch, training=False),
-            input_signature=[
-                tf.TensorSpec([None, self.image_size, self.image_size, 3], tf.float32)
-            ],
-        )
+        self._forward = forward or traced_forward(model)
+        self._batcher = RequestBatcher(self._forward, max_batch, batch_wait_s)
         # Grad-CAM builds a probe model over the shared layers: one at a time.
         self._explain_lock = threading.Lock()
-        self._forward(np.zeros((1, self.image_size, self.image_size, 3), np.float32))
+        for n in sorted({1, max_batch}):  # prepare the shapes the batcher uses most
+            self._forward(np.zeros((n, self.image_size, self.image_size, 3), np.float32))
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities (n, n_classes) for a batch of preprocessed images."""
-        return self._forward(batch).numpy()
+        return self._forward(batch)
+
+    def batching(self) -> dict[str, Any]:
+        """How requests have been grouped so far: the limits, forward passes and images."""
+        return {
+            "max_batch": self._batcher.max_batch,
+            "max_wait_ms": self._batcher.max_wait_s * 1000.0,
+            "batches": self._batcher.batches,
+            "images": self._batcher.images,
+        }
 
     def classify(
         self, data: bytes, max_pixels: int | None = None, explain: bool = False
@@ -106,11 +138,15 @@ class ServedModel:
         """
         rgb = fitted_rgb(data, self.image_size, max_pixels)
         model_input = scale_for_vgg16(rgb)
+        probabilities = self._batcher.predict(model_input).astype(np.float32)
         if not explain:
-            probabilities = self.forward(model_input[None])[0]
-            return Classification(probabilities.astype(np.float32), None)
+            return Classification(probabilities, None)
+        # The gradients come from the float32 model (an int8 TFLite model has none); the class
+        # explained is the one this answer chose, whatever the precision.
         with self._explain_lock:
-            heatmap, probabilities = grad_cam(self.model, model_input, layer_name=CAM_LAYER)
+            heatmap, _ = grad_cam(
+                self.model, model_input, int(probabilities.argmax()), layer_name=CAM_LAYER
+            )
         buffer = io.BytesIO()
         Image.fromarray(overlay_heatmap(rgb, heatmap)).save(buffer, format="PNG")
         return Classification(probabilities, buffer.getvalue())
@@ -123,15 +159,94 @@ def load_served_model(settings: ServingSettings) -> ServedModel:
         ModelUnavailableError: nothing to load, or it cannot be loaded or served; says what to
             do. Details (stack, credentials) go to the log, not into the message.
     """
+    if settings.precision != AUTO and settings.precision not in PRECISIONS:
+        raise ModelUnavailableError(
+            f"{PRECISION_VARIABLE} (or inference.precision) is {settings.precision!r}; it must "
+            f"be one of {', '.join((AUTO, *PRECISIONS))}."
+        )
     if settings.model_uri:
-        return _load_from_registry(settings.model_uri)
+        return _load_from_registry(settings.model_uri, settings)
+    files = model_files(settings)
+    return _load_from_file(files.model, settings, files.report, files.int8, files.gate)
+
+
+@dataclass(frozen=True)
+class ModelFiles:
+    """The files that describe one model file: its int8 model, its precision gate report and
+    the evaluation report (None where there is none to read)."""
+
+    model: Path
+    int8: Path | None
+    gate: Path | None
+    report: Path | None
+
+
+def model_files(settings: ServingSettings) -> ModelFiles:
+    """The model file the settings name and the files that go with it: the catalog's, in the
+    project; beside a model file named by path (by the catalog's file names), whose evaluation
+    report is not the project's.
+
+    Raises:
+        ModelUnavailableError: no model path configured and no catalog to name one.
+    """
     try:
         path = settings.resolved_model_path()
     except FileNotFoundError as exc:
         raise ModelUnavailableError(str(exc)) from exc
-    # The project's evaluation report is about the catalog's model, not about another file.
-    report = settings.resolved_metrics_path() if settings.model_path is None else None
-    return _load_from_file(path, report)
+    int8, gate = settings.catalog_file(INT8_DATASET), settings.catalog_file(PRECISION_GATE_DATASET)
+    if settings.model_path is None:
+        return ModelFiles(path, int8, gate, settings.resolved_metrics_path())
+    return ModelFiles(
+        path,
+        path.parent / int8.name if int8 else None,
+        path.parent / gate.name if gate else None,
+        None,
+    )
+
+
+def _fresh(path: Path | None, model_path: Path) -> Path | None:
+    # A file older than the model describes an earlier model.
+    if path is None or not path.is_file():
+        return None
+    return path if path.stat().st_mtime >= model_path.stat().st_mtime else None
+
+
+def _precision_forward(
+    model: keras.Model,
+    requested: str,
+    int8_model: bytes | None,
+    gate: dict[str, Any] | None,
+) -> tuple[Forward, dict[str, Any]]:
+    """The forward pass of the precision to serve, and what /health says about it."""
+    served, reason = choose_precision(requested, gate)
+    if served == "int8" and not int8_model:
+        served, reason = "fp32", f"{reason}; but the int8 model file is missing: serving fp32"
+    try:
+        forward = forward_for(model, served, int8_model)
+    except Exception as exc:  # a broken int8 file must not stop the app: fp32 still works
+        logger.exception("Cannot build the %s forward pass", served)
+        served, reason = "fp32", f"{served} could not be loaded ({_first_line(exc)}): fp32"
+        forward = forward_for(model, "fp32")
+    paths = (gate or {}).get("paths", {})
+    info = {
+        "served": served,
+        "requested": requested,
+        "reason": reason,
+        "passed_gate": {p: bool(paths.get(p, {}).get("passed")) for p in PRECISIONS[1:]}
+        if paths
+        else None,
+    }
+    log = logger.warning if requested not in (served, AUTO) else logger.info
+    log("Serving precision %s: %s", served, reason)
+    return forward, info
+
+
+def _read_json(path: Path | None) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text()) if path else None
+    except (OSError, ValueError):
+        logger.warning("Cannot read %s: treated as absent", path)
+        return None
 
 
 def servable_image_size(model: keras.Model) -> int:
@@ -160,7 +275,13 @@ def _first_line(exc: Exception) -> str:
     return (text[0] if text else type(exc).__name__)[:200]
 
 
-def _load_from_file(path: Path, report: Path | None = None) -> ServedModel:
+def _load_from_file(
+    path: Path,
+    settings: ServingSettings,
+    report: Path | None = None,
+    int8_path: Path | None = None,
+    gate_path: Path | None = None,
+) -> ServedModel:
     if not path.is_file():
         raise ModelUnavailableError(
             f"No trained model at {path}. Train one first: `make run` (or `kedro run`) in the "
@@ -170,17 +291,26 @@ def _load_from_file(path: Path, report: Path | None = None) -> ServedModel:
     try:
         data = path.read_bytes()
         model = keras.saving.load_model(path, compile=False)
+        image_size = servable_image_size(model)
+        int8_file = _fresh(int8_path, path)
+        forward, precision = _precision_forward(
+            model,
+            settings.precision,
+            int8_file.read_bytes() if int8_file else None,
+            _read_json(_fresh(gate_path, path)),
+        )
         info = ModelInfo(
             name=MODEL_NAME,
             version="sha256:" + hashlib.sha256(data).hexdigest()[:12],
             source="file",
             location=str(path),
             weights=_weights_beside(path),
-            image_size=servable_image_size(model),
+            image_size=image_size,
             loaded_at=_now(),
             measured=measured_quality.from_metrics_file(report, path) if report else None,
+            precision=precision,
         )
-        served = ServedModel(model, info)
+        served = _served(model, info, forward, settings)
     except Exception as exc:  # Keras raises many types for a broken or foreign file
         logger.exception("Cannot serve the model file %s", path)
         raise ModelUnavailableError(
@@ -205,7 +335,13 @@ def _without_credentials(uri: str) -> str:
     return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
 
 
-def _load_from_registry(uri: str) -> ServedModel:
+def _served(
+    model: keras.Model, info: ModelInfo, forward: Forward, settings: ServingSettings
+) -> ServedModel:
+    return ServedModel(model, info, forward, settings.max_batch, settings.batch_wait_ms / 1000.0)
+
+
+def _load_from_registry(uri: str, settings: ServingSettings) -> ServedModel:
     # Imported here: only registry serving needs MLflow.
     import mlflow  # noqa: PLC0415
 
@@ -216,8 +352,19 @@ def _load_from_registry(uri: str) -> ServedModel:
                 mlflow.artifacts.download_artifacts(artifact_uri=pinned_uri, dst_path=download)
             )
             flavour = yaml.safe_load((local / "MLmodel").read_text())["flavors"]
-            artifact = flavour["python_function"]["artifacts"][MODEL_DATASET]["path"]
-            model = keras.saving.load_model(local / artifact, compile=False)
+            artifacts = flavour["python_function"]["artifacts"]
+            model = keras.saving.load_model(local / artifacts[MODEL_DATASET]["path"], compile=False)
+            # Versions registered before the precision paths existed have neither file.
+            int8_file, gate_file = (
+                local / artifacts[name]["path"] if name in artifacts else None
+                for name in (INT8_DATASET, PRECISION_GATE_DATASET)
+            )
+            forward, precision = _precision_forward(
+                model,
+                settings.precision,
+                int8_file.read_bytes() if int8_file and int8_file.is_file() else None,
+                _read_json(gate_file),
+            )
         match = _MODELS_URI.match(uri)
         info = ModelInfo(
             name=match["name"] if match else MODEL_NAME,
@@ -228,8 +375,9 @@ def _load_from_registry(uri: str) -> ServedModel:
             image_size=servable_image_size(model),
             loaded_at=_now(),
             measured=measured,
+            precision=precision,
         )
-        served = ServedModel(model, info)
+        served = _served(model, info, forward, settings)
     except Exception as exc:  # MLflow, network, file and Keras errors alike
         logger.exception("Cannot serve the registered model %s", uri)
         raise ModelUnavailableError(

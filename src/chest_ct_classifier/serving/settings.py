@@ -21,6 +21,13 @@ MODEL_DATASET = "trained_model"
 """The catalog entry of the calibrated classifier: what evaluation, inference and serving use."""
 METRICS_DATASET = "metrics"
 """The catalog entry of the evaluation report (an MLflow artifact wrapping a JSON file)."""
+INT8_DATASET = "int8_model"
+"""The catalog entry of the int8 convolutions (a TFLite file) the int8 path reads."""
+PRECISION_GATE_DATASET = "precision_gate"
+"""The catalog entry of the precision gate report: which reduced precisions may be served."""
+PARAMETERS_FILE = Path("conf") / "base" / "parameters_inference.yml"
+PRECISION_VARIABLE = "MODEL_PRECISION"
+"""Overrides ``inference.precision`` (the issue's name, without the ``CHEST_CT_`` prefix)."""
 
 DEFAULT_TRAIN_COMMAND = (sys.executable, "-m", "kedro", "run")
 
@@ -50,6 +57,12 @@ class ServingSettings:
     train_token: str | None = None
     """Bearer token for ``POST /train``; None disables training through the API."""
     train_command: tuple[str, ...] = DEFAULT_TRAIN_COMMAND
+    precision: str = "auto"
+    """auto, fp32, bf16 or int8: served only as far as the precision gate allows."""
+    max_batch: int = 16
+    """Concurrent requests answered by one forward pass, at most."""
+    batch_wait_ms: float = 5.0
+    """How long the first request of a batch waits for others to join it."""
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> ServingSettings:
@@ -75,6 +88,11 @@ class ServingSettings:
             ),
             train_token=get("TRAIN_TOKEN"),
             train_command=tuple(shlex.split(get("TRAIN_COMMAND") or "")) or DEFAULT_TRAIN_COMMAND,
+            precision=(
+                env.get(PRECISION_VARIABLE, "").strip() or configured_precision(project_path)
+            ),
+            max_batch=int(get("MAX_BATCH") or 16),
+            batch_wait_ms=float(get("BATCH_WAIT_MS") or 5.0),
         )
 
     def resolved_model_path(self) -> Path:
@@ -85,12 +103,26 @@ class ServingSettings:
 
     def resolved_metrics_path(self) -> Path | None:
         """The evaluation report the catalog names, in the project; None when it names none."""
+        return self.catalog_file(METRICS_DATASET)
+
+    def catalog_file(self, dataset: str) -> Path | None:
+        """The file of a catalog entry (or of the dataset an MLflow artifact entry wraps), in
+        the project; None when the catalog names none."""
         try:
-            entry = _catalog(self.project_path)[METRICS_DATASET]
+            entry = _catalog(self.project_path)[dataset]
             path = Path(entry.get("dataset", entry)["filepath"])
         except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
             return None
         return path if path.is_absolute() else self.project_path / path
+
+
+def configured_precision(project_path: Path) -> str:
+    """``inference.precision`` of the project's parameters; ``auto`` when it has none."""
+    try:
+        parameters = yaml.safe_load((project_path / PARAMETERS_FILE).read_text())
+        return str(parameters["inference"]["precision"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return "auto"
 
 
 def _catalog(project_path: Path) -> dict:

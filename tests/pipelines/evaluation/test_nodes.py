@@ -198,3 +198,39 @@ def test_grad_cam_examples_show_a_correct_and_a_wrong_answer_per_class(tiny_mode
     assert len(shown) >= len(LABELS)
     assert len(shown) + titles.count(" answer") == 2 * len(LABELS)
     plt.close(figure)
+
+
+def test_reduced_precisions_are_checked_against_fp32_on_valid_and_test(tiny_model, sample_images):
+    import pandas as pd
+
+    from chest_ct_classifier.labels import label_from_folder
+    from chest_ct_classifier.pipelines.evaluation.nodes import check_reduced_precisions
+    from chest_ct_classifier.precision import int8_feature_extractor
+
+    table = pd.DataFrame(
+        {"path": list(sample_images),
+         "split": [p.split("/")[1] for p in sample_images],
+         "label": [label_from_folder(p.split("/")[2]) for p in sample_images],
+         "label_conflict": False}
+    )  # fmt: skip
+    images = {p: (lambda p=p: sample_images[p]) for p in sample_images}
+    params = {"min_agreement": 0.99, "max_accuracy_drop": 0.01, "batch_size": 5,
+              "timing_batch_size": 4, "timing_repeats": 1}  # fmt: skip
+    report, logged = check_reduced_precisions(
+        tiny_model, int8_feature_extractor(tiny_model), images, table, params
+    )
+    assert set(report["paths"]) == {"fp32", "bf16", "int8"}
+    n_valid, n_test = (table["split"] == "valid").sum(), (table["split"] == "test").sum()
+    for precision in ("bf16", "int8"):
+        path = report["paths"][precision]
+        assert set(path["splits"]) == {"valid", "test"}
+        assert path["splits"]["valid"]["n_images"] == n_valid
+        assert path["splits"]["test"]["n_images"] == n_test
+        agreements = [c["agreement"] for c in path["splits"].values()]
+        drops = [c["accuracy_drop"] for c in path["splits"].values()]
+        assert path["passed"] == (min(agreements) >= 0.99 and max(drops) <= 0.01)
+        assert path["ms_per_image"] > 0 and path["ms_batch_1"] > 0
+        valid_agreement = path["splits"]["valid"]["agreement"]
+        assert logged[f"{precision}_valid_agreement"] == [{"value": valid_agreement, "step": 0}]
+    assert report["fastest_passing"] in ("fp32", "bf16", "int8")
+    assert report["gate"] == {"min_agreement": 0.99, "max_accuracy_drop": 0.01}

@@ -91,3 +91,26 @@ def test_serving_example_has_one_image_per_class(sample_images):
     decoded = {base64.b64decode(text) for text in example["image"]}
     valid = {d for p, d in sample_images.items() if p.split("/")[1] == "valid"}
     assert decoded <= valid
+
+
+def test_a_precision_is_used_only_as_far_as_the_gate_allows(tiny_model, sample_images):
+    from chest_ct_classifier.precision import Int8Forward, int8_feature_extractor
+    from chest_ct_classifier.preprocessing import preprocess_image_bytes
+
+    files = {p: (lambda p=p: sample_images[p]) for p in list(sample_images)[:4]}
+    int8 = int8_feature_extractor(tiny_model)
+    passed = {"paths": {"fp32": {"ms_per_image": 3.0},
+                        "int8": {"passed": True, "reason": "ok", "ms_per_image": 1.0}}}  # fmt: skip
+    failed = {"paths": {"int8": {"passed": False, "reason": "valid: 0.9"}}}
+
+    def probabilities(gate):
+        table = predict_images(files, tiny_model, 2, int8, gate, "int8")
+        return table[probability_columns()].to_numpy()
+
+    inputs = np.stack([preprocess_image_bytes(sample_images[p], 32) for p in files])
+    np.testing.assert_allclose(
+        probabilities(passed), Int8Forward(tiny_model, int8)(inputs), atol=1e-5
+    )
+    fp32 = predict_images(files, tiny_model, 2)[probability_columns()].to_numpy()
+    np.testing.assert_allclose(probabilities(failed), fp32, atol=1e-6)
+    np.testing.assert_allclose(probabilities(None), fp32, atol=1e-6)

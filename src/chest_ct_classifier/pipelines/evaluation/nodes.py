@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")  # headless: figures are written to files, never shown
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 
 from chest_ct_classifier.activation_cache import row_probabilities
 from chest_ct_classifier.calibration import (
@@ -23,7 +25,21 @@ from chest_ct_classifier.explanation import grad_cam, overlay_heatmap
 from chest_ct_classifier.labels import DISPLAY_NAMES, LABELS
 from chest_ct_classifier.metrics import classification_metrics
 from chest_ct_classifier.model_architecture import image_size_of
-from chest_ct_classifier.preprocessing import decode_image, image_to_array, scale_for_vgg16
+from chest_ct_classifier.precision import (
+    AUTO,
+    PRECISIONS,
+    Forward,
+    agreement_with_fp32,
+    choose_precision,
+    forward_for,
+    passes_gate,
+)
+from chest_ct_classifier.preprocessing import (
+    decode_image,
+    image_to_array,
+    preprocess_image_bytes,
+    scale_for_vgg16,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -265,3 +281,101 @@ def plot_grad_cam_examples(
     figure.suptitle(f"Grad-CAM on {split}: most confident correct and wrong answer per class")
     figure.tight_layout()
     return figure
+
+
+def check_reduced_precisions(
+    model: keras.Model,
+    int8_model: bytes,
+    images: dict[str, Callable[[], bytes]],
+    image_table: pd.DataFrame,
+    parameters: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, list[dict[str, float]]]]:
+    """The accuracy gate of the reduced-precision paths, and their speed on this machine.
+
+    Every file of valid and test (when present) goes through the whole network on each path,
+    from its bytes, as the app and batch inference see it. A reduced path passes when, on every
+    split, its top-1 agreement with fp32 is at least ``min_agreement`` and its accuracy at most
+    ``max_accuracy_drop`` below fp32's. Speed: median milliseconds per image in batches of
+    ``timing_batch_size`` and of one, over ``timing_repeats`` runs.
+
+    Returns:
+        The report (``precision_gate.json``; ``paths`` is what ``precision.choose_precision``
+        reads) and its numbers for MLflow (``precision.int8_valid_agreement``, ...).
+    """
+    size = image_size_of(model)
+    min_agreement = float(parameters["min_agreement"])
+    max_drop = float(parameters["max_accuracy_drop"])
+    rows = image_table[
+        image_table["split"].isin(EVALUATED_SPLITS)
+        & ~image_table["label_conflict"]
+        & image_table["path"].isin(list(images))
+    ].sort_values("path")
+    inputs = {
+        split: (
+            np.stack([preprocess_image_bytes(images[p](), size) for p in group["path"]]),
+            group["label"].map(LABELS.index).to_numpy(),
+        )
+        for split, group in rows.groupby("split")
+    }
+    forwards = {p: forward_for(model, p, int8_model) for p in PRECISIONS}
+    batch = int(parameters["batch_size"])
+
+    def answers(forward: Forward, x: np.ndarray) -> np.ndarray:
+        return np.concatenate([forward(x[i : i + batch]) for i in range(0, len(x), batch)])
+
+    timing_images = np.concatenate([x for x, _ in inputs.values()]) if inputs else None
+    reference = {split: answers(forwards["fp32"], x) for split, (x, _) in inputs.items()}
+    report: dict[str, Any] = {
+        "gate": {"min_agreement": min_agreement, "max_accuracy_drop": max_drop},
+        "paths": {},
+    }
+    for precision, forward in forwards.items():
+        path: dict[str, Any] = {}
+        if precision != "fp32":
+            path["splits"] = {
+                split: agreement_with_fp32(reference[split], answers(forward, x), labels)
+                for split, (x, labels) in inputs.items()
+            }
+            path["passed"], path["reason"] = passes_gate(path["splits"], min_agreement, max_drop)
+        if timing_images is not None:
+            path |= _timings(forward, timing_images, parameters)
+        report["paths"][precision] = path
+        logger.info(
+            "Precision %s: %s",
+            precision, path.get("reason", "the reference") + (
+                f"; {path['ms_per_image']:.1f} ms per image in batches, "
+                f"{path['ms_batch_1']:.1f} ms alone" if "ms_per_image" in path else ""
+            ),
+        )  # fmt: skip
+    chosen, reason = choose_precision(AUTO, report)
+    report["fastest_passing"], report["reason"] = chosen, reason
+    flat: dict[str, list[dict[str, float]]] = {}
+    for precision, path in report["paths"].items():
+        numbers = {
+            "ms_per_image": path.get("ms_per_image"),
+            "ms_batch_1": path.get("ms_batch_1"),
+            "passed": float(path["passed"]) if "passed" in path else None,
+        }
+        for split, c in path.get("splits", {}).items():
+            numbers[f"{split}_agreement"] = c["agreement"]
+            numbers[f"{split}_accuracy_drop"] = c["accuracy_drop"]
+        for key, value in numbers.items():
+            if value is not None:
+                flat[f"{precision}_{key}"] = [{"value": float(value), "step": 0}]
+    return report, flat
+
+
+def _timings(forward: Forward, images: np.ndarray, parameters: dict[str, Any]) -> dict[str, float]:
+    repeats = int(parameters["timing_repeats"])
+    batch = images[: int(parameters["timing_batch_size"])]
+
+    def median_ms(x: np.ndarray) -> float:
+        forward(x)  # the first call of a shape prepares it
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            forward(x)
+            times.append(time.perf_counter() - start)
+        return float(np.median(times)) * 1000.0
+
+    return {"ms_per_image": median_ms(batch) / len(batch), "ms_batch_1": median_ms(batch[:1])}

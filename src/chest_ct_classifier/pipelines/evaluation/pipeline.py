@@ -7,6 +7,7 @@ from kedro.pipeline import Pipeline, node, pipeline
 from chest_ct_classifier.pipelines.inference.nodes import serving_input_example
 
 from .nodes import (
+    check_reduced_precisions,
     evaluate_classifier,
     metrics_for_mlflow,
     plot_confusion_matrices,
@@ -55,6 +56,18 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 outputs="grad_cam_plot",
                 name="plot_grad_cam_examples",
+            ),
+            node(
+                check_reduced_precisions,
+                inputs=[
+                    "trained_model",
+                    "int8_model",
+                    "ingested_images",
+                    "image_table",
+                    "params:evaluation.precision_gate",
+                ],
+                outputs=["precision_gate", "precision_metrics"],
+                name="check_reduced_precisions",
             ),
             node(
                 serving_input_example,

@@ -7,6 +7,14 @@ from .nodes import images_from_request, predict_images
 
 # The input of the served model: a table of base64 images (see images_from_request).
 SERVING_INPUT = "serving_input"
+# The model in each precision, the gate that allows the reduced ones, and the choice.
+_MODEL_INPUTS = [
+    "trained_model",
+    "params:inference.batch_size",
+    "int8_model",
+    "precision_gate",
+    "params:inference.precision",
+]
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -14,7 +22,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 predict_images,
-                inputs=["inference_images", "trained_model", "params:inference.batch_size"],
+                inputs=["inference_images", *_MODEL_INPUTS],
                 outputs="predictions",
                 name="predict_images",
             )
@@ -23,8 +31,8 @@ def create_pipeline(**kwargs) -> Pipeline:
 
 
 def create_serving_pipeline() -> Pipeline:
-    """Request table in, predictions table out: preprocessing, the network and its calibrated
-    probabilities, all in the one ``predict_images``."""
+    """Request table in, predictions table out: preprocessing, the network (in the precision
+    the gate allows) and its calibrated probabilities, all in the one ``predict_images``."""
     return pipeline(
         [
             node(
@@ -35,7 +43,7 @@ def create_serving_pipeline() -> Pipeline:
             ),
             node(
                 predict_images,
-                inputs=["request_images", "trained_model", "params:inference.batch_size"],
+                inputs=["request_images", *_MODEL_INPUTS],
                 outputs="served_predictions",
                 name="predict_request_images",
             ),

@@ -1,7 +1,9 @@
 """Training: cache the frozen layers' activations, choose the schedule on a leak-free hold-out,
-refit on train, calibrate on the hold-out's answers."""
+refit on train, calibrate on the hold-out's answers, write the int8 convolutions."""
 
 from kedro.pipeline import Pipeline, node, pipeline
+
+from chest_ct_classifier.precision import int8_feature_extractor
 
 from .nodes import (
     cache_activations,
@@ -47,6 +49,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 outputs=["trained_model", "calibration"],
                 name="calibrate_classifier",
+            ),
+            node(
+                int8_feature_extractor,
+                inputs="trained_model",
+                outputs="int8_model",
+                name="quantize_classifier",
             ),
         ]
     )

@@ -202,6 +202,7 @@
     if (model.weights) parts.push(`weights: ${model.weights}`);
     if (model.source) parts.push(`source: ${model.source}`);
     if (model.image_size) parts.push(`input ${model.image_size} px`);
+    if (model.precision && model.precision.served) parts.push(`precision ${model.precision.served}`);
     return parts.join(" · ");
   }
 
