@@ -82,7 +82,10 @@ def raw_forward(model, int8: bytes | None, precision: str, inputs: np.ndarray, r
         return None
     forward = forward_for(model, precision, int8)
     batch = np.concatenate([inputs] * (16 // len(inputs) + 1))[:16]
-    one = [_median_seconds(lambda i=i: forward(inputs[i : i + 1]), 1) for i in range(repeats)]
+    one = [
+        _median_seconds(lambda i=i: forward(inputs[i : i + 1]), 1)
+        for i in np.arange(repeats) % len(inputs)
+    ]
     sixteen = _median_seconds(lambda: forward(batch), max(1, repeats // 10))
     return {
         "forward_batch1": _percentiles(one),
@@ -125,6 +128,7 @@ def _free_port() -> int:
 def start_gunicorn(
     settings: ServingSettings, precision: str, port: int, threads: int | None
 ) -> subprocess.Popen:
+    """The app in gunicorn serving ``settings``' model in ``precision``, with its batching."""
     # One worker serving the one model: nothing from the caller's serving settings.
     dropped = {"WEB_CONCURRENCY", "GUNICORN_THREADS", "MODEL_PRECISION"}
     inherited = {
@@ -139,6 +143,8 @@ def start_gunicorn(
     }
     if settings.model_path:
         env["CHEST_CT_MODEL_PATH"] = str(settings.model_path)
+    env["CHEST_CT_MAX_BATCH"] = str(settings.max_batch)
+    env["CHEST_CT_BATCH_WAIT_MS"] = str(settings.batch_wait_ms)
     if threads:
         env["GUNICORN_THREADS"] = str(threads)
     process = subprocess.Popen(
@@ -251,7 +257,8 @@ def _markdown(report: dict) -> str:
         "# Serving benchmark",
         "",
         f"{report['machine']}; model {report['model']} ({report['image_size']} px); gunicorn, "
-        f"1 worker, {report['threads']} threads, batches of up to 16 requests; "
+        f"1 worker, {report['threads']} threads, batches of up to {report['max_batch']} requests "
+        f"(first waits {report['batch_wait_ms']} ms); "
         f"{report['images']} real images; {report['clients']} concurrent clients x "
         f"{report['requests_per_client']} requests.",
         "",
@@ -313,6 +320,13 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="gunicorn threads (default: gunicorn.conf.py's)"
     )
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=ServingSettings.max_batch,
+        help="requests per forward pass, at most (1: no batching)",
+    )
+    parser.add_argument("--batch-wait-ms", type=float, default=ServingSettings.batch_wait_ms)
     parser.add_argument("--output", type=Path, default=REPORT)
     args = parser.parse_args()  # fmt: skip
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
@@ -322,6 +336,8 @@ def main() -> None:
     settings = ServingSettings(
         project_path=args.project.resolve(),
         model_path=args.model.resolve() if args.model else None,
+        max_batch=args.max_batch,
+        batch_wait_ms=args.batch_wait_ms,
     )
     files = model_files(settings)
     if not files.model.is_file():
@@ -339,6 +355,8 @@ def main() -> None:
         "image_size": size,
         "images": len(images),
         "threads": threads or _configured_threads(),
+        "max_batch": settings.max_batch,
+        "batch_wait_ms": settings.batch_wait_ms,
         "clients": args.clients,
         "requests_per_client": args.requests,
         "preprocess": preprocessing(images, size, args.repeats),

@@ -66,6 +66,9 @@ def test_int8_answers_do_not_depend_on_the_batch_they_come_in(tiny_model, int8_m
     # dynamic quantization scales each image's activations on their own: batching changes nothing
     np.testing.assert_allclose(together, one_by_one, atol=1e-5)
     np.testing.assert_allclose(forward(inputs[:5]), together, atol=1e-6)
+    # an empty batch is answered, not passed to TFLite (which crashes the process on it)
+    assert forward(inputs[:0]).shape == (0, len(LABELS))
+    assert traced_forward(tiny_model)(inputs[:0]).shape == (0, len(LABELS))
 
 
 def test_int8_refuses_a_model_of_another_input_size(int8_model):

@@ -99,11 +99,14 @@ class Int8Forward:
         if got != expected:
             raise ValueError(f"the int8 model takes {got} images, the classifier {expected}")
         self._head = traced_forward(model_after(model, FEATURE_LAYER))
+        self._classes = int(model.output_shape[-1])
         self._shape: tuple[int, ...] = ()
         self._lock = threading.Lock()
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if len(batch) == 0:  # TFLite crashes the process on a batch of none
+            return np.zeros((0, self._classes), np.float32)
         with self._lock:
             if batch.shape != self._shape:
                 self._interpreter.resize_tensor_input(self._input, batch.shape)
