@@ -33,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -66,7 +67,7 @@ def _percentiles(seconds: list[float]) -> dict[str, float]:
     }
 
 
-def _median_seconds(call, repeats: int) -> float:
+def _median_seconds(call: Callable[[], object], repeats: int) -> float:
     call()  # the first call of a shape prepares it
     times = []
     for _ in range(repeats):
@@ -76,7 +77,9 @@ def _median_seconds(call, repeats: int) -> float:
     return statistics.median(times)
 
 
-def raw_forward(model, int8: bytes | None, precision: str, inputs: np.ndarray, repeats: int):
+def raw_forward(
+    model: keras.Model, int8: bytes | None, precision: str, inputs: np.ndarray, repeats: int
+) -> dict | None:
     """The precision's forward pass on batch 1 and batch 16 (per image), in this process."""
     if precision == "int8" and int8 is None:
         return None

@@ -148,3 +148,31 @@ def test_a_requested_path_is_served_only_if_it_passed():
 def test_bf16_keeps_keras_global_policy(tiny_model):
     bf16_model(tiny_model)
     assert keras.config.dtype_policy().name == "float32"
+
+
+def test_a_gate_report_applies_only_to_the_files_it_checked():
+    checked = {**GATE, "model_fingerprint": "m1", "int8_fingerprint": "i1"}
+    assert choose_precision("int8", checked, model="m1", int8="i1")[0] == "int8"
+    served, reason = choose_precision("int8", checked, model="m2", int8="i1")
+    assert served == "fp32" and "another model" in reason
+    served, reason = choose_precision("int8", checked, model="m1", int8="i2")
+    assert served == "fp32" and "not the one checked" in reason
+    assert choose_precision("auto", checked, model="m1", int8="i2")[0] == "fp32"  # bf16 slower
+
+
+def test_select_forward_checks_fingerprints_and_falls_back_to_fp32(tiny_model, int8_model, inputs):
+    from chest_ct_classifier.precision import int8_fingerprint, model_fingerprint, select_forward
+
+    gate = {**GATE, "model_fingerprint": model_fingerprint(tiny_model),
+            "int8_fingerprint": int8_fingerprint(int8_model)}  # fmt: skip
+    forward, served, _ = select_forward(tiny_model, "int8", int8_model, gate)
+    assert served == "int8"
+    np.testing.assert_allclose(forward(inputs[:2]), Int8Forward(tiny_model, int8_model)(inputs[:2]))
+    broken = b"not a tflite model"
+    gate_of_broken = {**gate, "int8_fingerprint": int8_fingerprint(broken)}
+    forward, served, reason = select_forward(tiny_model, "int8", broken, gate_of_broken)
+    assert served == "fp32" and "could not be loaded" in reason
+    reference = tiny_model.predict_on_batch(inputs[:2])
+    np.testing.assert_allclose(forward(inputs[:2]), reference, atol=1e-6)
+    assert select_forward(tiny_model, "int8", None, gate)[1] == "fp32"
+    assert model_fingerprint(tiny_model) == model_fingerprint(bf16_model(tiny_model))

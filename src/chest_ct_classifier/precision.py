@@ -8,7 +8,8 @@ input -> (n, n_classes) float32 probabilities``:
   weights), the head in float32. Fast only on CPUs with bfloat16 instructions (AVX512-BF16,
   AMX); elsewhere TensorFlow converts and computes at about fp32 speed.
 - ``int8``: the convolutions and pooling as a TFLite model with int8 weights (per channel)
-  whose activations XNNPACK quantizes to int8 batch by batch at run time, the head in float32
+  whose activations XNNPACK quantizes to int8 at run time, each image with its own scale (an
+  answer does not depend on the other images of its batch), the head in float32
   (Keras). Static activation ranges calibrated on training images were measured here to change
   8 of 72 valid answers; quantizing each batch's activations on the fly changed none.
 
@@ -18,6 +19,8 @@ A reduced path is served only when :func:`gate` says it answers like fp32 (see
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import threading
 import warnings
 from collections.abc import Callable, Mapping
@@ -34,6 +37,21 @@ AUTO = "auto"
 """The fastest precision that passed the gate (fp32 when none did)."""
 
 Forward = Callable[[np.ndarray], np.ndarray]
+
+logger = logging.getLogger(__name__)
+
+
+def model_fingerprint(model: keras.Model) -> str:
+    """A digest of the model's weights: the gate report names the model it checked by it."""
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def int8_fingerprint(int8_model: bytes) -> str:
+    """A digest of the int8 model file's bytes."""
+    return hashlib.sha256(int8_model).hexdigest()[:16]
 
 
 def traced_forward(model: keras.Model) -> Forward:
@@ -67,7 +85,8 @@ def bf16_model(model: keras.Model) -> keras.Model:
 
 def int8_feature_extractor(model: keras.Model) -> bytes:
     """The convolutions and pooling of ``model`` (input to the head's input vector) as a TFLite
-    model with int8 weights and dynamically quantized activations."""
+    model with int8 weights and activations quantized at run time, each image's with its own
+    scale (answers do not depend on the other images of a batch)."""
     features = keras.Model(model.input, model.get_layer(FEATURE_LAYER).output)
     converter = tf.lite.TFLiteConverter.from_keras_model(features)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -183,21 +202,37 @@ def passes_gate(
     )
 
 
-def choose_precision(requested: str, gate: Mapping[str, Any] | None) -> tuple[str, str]:
+def choose_precision(
+    requested: str,
+    gate: Mapping[str, Any] | None,
+    model: str | None = None,
+    int8: str | None = None,
+) -> tuple[str, str]:
     """The precision to serve for a requested one (a PRECISIONS value or ``auto``), given the
     gate report, and the reason in words.
 
-    ``auto`` takes the fastest path that passed (by the gate's measured time per image in
-    batches); a requested reduced path that did not pass, or without a gate report, falls
-    back to fp32.
+    ``auto`` takes the fastest path that passed (by the gate's time per image in batches,
+    measured on the machine that ran the evaluation); a requested reduced path that did not
+    pass, or without a gate report, falls back to fp32. With ``model`` (``model_fingerprint``)
+    and ``int8`` (``int8_fingerprint``), a report about other files counts as no report.
     """
     if requested != AUTO and requested not in PRECISIONS:
         raise ValueError(f"precision must be one of {(AUTO, *PRECISIONS)}, got {requested!r}")
-    if requested == "fp32":
-        return "fp32", "fp32 requested"
     paths = (gate or {}).get("paths", {})
+    unusable = None
     if not paths:
-        return "fp32", f"{requested} requested, but there is no precision gate report: fp32"
+        unusable = "there is no precision gate report"
+    elif model is not None and gate.get("model_fingerprint") != model:
+        unusable = "the precision gate report was made for another model (an earlier run's?)"
+    if requested == "fp32" or unusable:
+        return "fp32", "fp32 requested" if requested == "fp32" else (
+            f"{requested} requested, but {unusable}: fp32"
+        )  # fmt: skip
+    if int8 is not None and gate.get("int8_fingerprint") != int8:
+        paths = {
+            **paths,
+            "int8": {"passed": False, "reason": "the int8 file is not the one checked"},
+        }
     if requested == AUTO:
         passed = [p for p in PRECISIONS if p == "fp32" or paths.get(p, {}).get("passed")]
         fastest = min(passed, key=lambda p: paths.get(p, {}).get("ms_per_image", np.inf))
@@ -215,3 +250,32 @@ def choose_precision(requested: str, gate: Mapping[str, Any] | None) -> tuple[st
             f"({path.get('reason', 'not checked')}): serving fp32"
         )
     return requested, f"{requested} requested; it passed the gate ({path['reason']})"
+
+
+def select_forward(
+    model: keras.Model, requested: str, int8_model: bytes | None, gate: Mapping[str, Any] | None
+) -> tuple[Forward, str, str]:
+    """The forward pass to use for a requested precision, checked against the gate report of
+    this very model and int8 file; its precision; and why, in words.
+
+    A path that cannot be built (an int8 file missing or broken) falls back to fp32: an answer
+    in full precision is always possible.
+    """
+    served, reason = choose_precision(
+        requested,
+        gate,
+        model_fingerprint(model) if gate else None,
+        int8_fingerprint(int8_model) if gate and int8_model else None,
+    )
+    if served == "int8" and not int8_model:
+        served, reason = "fp32", f"{reason}; but the int8 model file is missing: fp32"
+    try:
+        return forward_for(model, served, int8_model), served, reason
+    except Exception as exc:  # a broken int8 file must not stop anything: fp32 still works
+        logger.exception("Cannot build the %s forward pass", served)
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        return (
+            forward_for(model, "fp32"),
+            "fp32",
+            f"{served} could not be loaded ({first_line}): fp32",
+        )

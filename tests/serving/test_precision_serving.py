@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import shutil
 import threading
 from pathlib import Path
@@ -134,14 +133,22 @@ def test_int8_that_failed_the_gate_is_not_served(
     np.testing.assert_allclose([served[label] for label in LABELS], expected, atol=1e-5)
 
 
-def test_a_gate_report_older_than_the_model_is_ignored(live_server, model_files, project, tmp_path):
+def test_a_gate_report_of_another_model_is_not_used(
+    live_server, model_files, project, tmp_path, retrained_model_path
+):
     model_path = _with_gate(model_files, int8_passed=True, tmp_path=tmp_path)
-    old = model_path.stat().st_mtime - 3600
-    os.utime(model_path.parent / "precision_gate.json", (old, old))
+    shutil.copy2(retrained_model_path, model_path)  # a new model beside the old run's report
     base = live_server(model_path, project_path=project, precision="int8")
     health = requests.get(f"{base}/health", timeout=30).json()
     assert health["precision"] == "fp32"
-    assert "no precision gate report" in health["model"]["precision"]["reason"]
+    assert "made for another model" in health["model"]["precision"]["reason"]
+
+
+def test_bad_batching_settings_are_explained(live_server, model_files, project):
+    base = live_server(model_files["folder"] / "classifier.keras", project_path=project,
+                       max_batch=0)  # fmt: skip
+    response = requests.get(f"{base}/health", timeout=30)
+    assert response.status_code == 503 and "CHEST_CT_MAX_BATCH" in response.json()["message"]
 
 
 def test_an_unknown_precision_is_explained(live_server, model_files, project):

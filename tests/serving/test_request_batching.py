@@ -88,3 +88,19 @@ def test_an_idle_worker_leaves_and_the_next_request_starts_another(monkeypatch):
 def test_max_batch_must_be_positive():
     with pytest.raises(ValueError, match="at least 1"):
         RequestBatcher(RecordingForward(), max_batch=0)
+
+
+def test_a_forward_pass_with_the_wrong_number_of_answers_fails_its_requests():
+    batcher = RequestBatcher(lambda batch: np.zeros((len(batch) + 1, 1)), max_batch=2)
+    with pytest.raises(RuntimeError, match="2 answers for a batch of 1"):
+        batcher.predict(np.zeros((1, 1, 3)), timeout=5)
+
+
+def test_a_dead_worker_is_replaced(monkeypatch):
+    batcher = RequestBatcher(RecordingForward(seconds=0.0), max_batch=2, max_wait_s=0.0)
+    batcher.predict(np.zeros((1, 1, 3)), timeout=5)
+    dead = threading.Thread(target=lambda: None)
+    dead.start()
+    dead.join()
+    batcher._worker = dead  # as if the worker had died on an unexpected error
+    assert float(batcher.predict(np.ones((1, 1, 3)), timeout=5)[0]) == 2.0

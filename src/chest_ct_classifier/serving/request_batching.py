@@ -42,7 +42,12 @@ class RequestBatcher:
         self.images = 0
 
     def predict(self, image: np.ndarray, timeout: float | None = None) -> np.ndarray:
-        """The forward pass's output row for one model input ``(H, W, 3)``."""
+        """The forward pass's output row for one model input ``(H, W, 3)``.
+
+        Raises:
+            TimeoutError: no answer within ``timeout`` seconds (None: wait as long as it takes;
+                a failed forward pass raises its own error, it never leaves a request waiting).
+        """
         answer: Future = Future()
         self._waiting.put((np.asarray(image, dtype=np.float32), answer))
         self._ensure_worker()  # after the put: a worker that is leaving cannot miss it
@@ -50,7 +55,7 @@ class RequestBatcher:
 
     def _ensure_worker(self) -> None:
         with self._start_lock:
-            if self._worker is None:
+            if self._worker is None or not self._worker.is_alive():
                 # A daemon: a server stopping mid-batch must not hang on it.
                 self._worker = threading.Thread(
                     target=self._run, name="request-batcher", daemon=True
@@ -81,6 +86,8 @@ class RequestBatcher:
     def _answer(self, batch: list[tuple[np.ndarray, Future]]) -> None:
         try:
             outputs = self._forward(np.stack([image for image, _ in batch]))
+            if len(outputs) != len(batch):
+                raise RuntimeError(f"{len(outputs)} answers for a batch of {len(batch)} images")
         except Exception as exc:  # every waiting request learns of it; the worker lives on
             logger.exception("Forward pass failed for a batch of %d images", len(batch))
             for _, answer in batch:

@@ -32,8 +32,7 @@ from chest_ct_classifier.precision import (
     AUTO,
     PRECISIONS,
     Forward,
-    choose_precision,
-    forward_for,
+    select_forward,
     traced_forward,
 )
 from chest_ct_classifier.preprocessing import fitted_rgb, scale_for_vgg16
@@ -164,6 +163,11 @@ def load_served_model(settings: ServingSettings) -> ServedModel:
             f"{PRECISION_VARIABLE} (or inference.precision) is {settings.precision!r}; it must "
             f"be one of {', '.join((AUTO, *PRECISIONS))}."
         )
+    if settings.max_batch < 1 or settings.batch_wait_ms < 0:
+        raise ModelUnavailableError(
+            f"CHEST_CT_MAX_BATCH must be at least 1 and CHEST_CT_BATCH_WAIT_MS at least 0; got "
+            f"{settings.max_batch} and {settings.batch_wait_ms}."
+        )
     if settings.model_uri:
         return _load_from_registry(settings.model_uri, settings)
     files = model_files(settings)
@@ -204,13 +208,6 @@ def model_files(settings: ServingSettings) -> ModelFiles:
     )
 
 
-def _fresh(path: Path | None, model_path: Path) -> Path | None:
-    # A file older than the model describes an earlier model.
-    if path is None or not path.is_file():
-        return None
-    return path if path.stat().st_mtime >= model_path.stat().st_mtime else None
-
-
 def _precision_forward(
     model: keras.Model,
     requested: str,
@@ -218,15 +215,7 @@ def _precision_forward(
     gate: dict[str, Any] | None,
 ) -> tuple[Forward, dict[str, Any]]:
     """The forward pass of the precision to serve, and what /health says about it."""
-    served, reason = choose_precision(requested, gate)
-    if served == "int8" and not int8_model:
-        served, reason = "fp32", f"{reason}; but the int8 model file is missing: serving fp32"
-    try:
-        forward = forward_for(model, served, int8_model)
-    except Exception as exc:  # a broken int8 file must not stop the app: fp32 still works
-        logger.exception("Cannot build the %s forward pass", served)
-        served, reason = "fp32", f"{served} could not be loaded ({_first_line(exc)}): fp32"
-        forward = forward_for(model, "fp32")
+    forward, served, reason = select_forward(model, requested, int8_model, gate)
     paths = (gate or {}).get("paths", {})
     info = {
         "served": served,
@@ -292,12 +281,13 @@ def _load_from_file(
         data = path.read_bytes()
         model = keras.saving.load_model(path, compile=False)
         image_size = servable_image_size(model)
-        int8_file = _fresh(int8_path, path)
+        # The gate report names the model and int8 file it checked: a report or an int8 file
+        # from another run is not used (select_forward compares their fingerprints).
         forward, precision = _precision_forward(
             model,
             settings.precision,
-            int8_file.read_bytes() if int8_file else None,
-            _read_json(_fresh(gate_path, path)),
+            int8_path.read_bytes() if int8_path and int8_path.is_file() else None,
+            _read_json(gate_path if gate_path and gate_path.is_file() else None),
         )
         info = ModelInfo(
             name=MODEL_NAME,

@@ -234,3 +234,7 @@ def test_reduced_precisions_are_checked_against_fp32_on_valid_and_test(tiny_mode
         assert logged[f"{precision}_valid_agreement"] == [{"value": valid_agreement, "step": 0}]
     assert report["fastest_passing"] in ("fp32", "bf16", "int8")
     assert report["gate"] == {"min_agreement": 0.99, "max_accuracy_drop": 0.01}
+    from chest_ct_classifier.precision import model_fingerprint
+
+    assert report["model_fingerprint"] == model_fingerprint(tiny_model)
+    assert len(report["int8_fingerprint"]) == 16

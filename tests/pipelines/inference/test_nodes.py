@@ -94,14 +94,22 @@ def test_serving_example_has_one_image_per_class(sample_images):
 
 
 def test_a_precision_is_used_only_as_far_as_the_gate_allows(tiny_model, sample_images):
-    from chest_ct_classifier.precision import Int8Forward, int8_feature_extractor
+    from chest_ct_classifier.precision import (
+        Int8Forward,
+        int8_feature_extractor,
+        int8_fingerprint,
+        model_fingerprint,
+    )
     from chest_ct_classifier.preprocessing import preprocess_image_bytes
 
     files = {p: (lambda p=p: sample_images[p]) for p in list(sample_images)[:4]}
     int8 = int8_feature_extractor(tiny_model)
-    passed = {"paths": {"fp32": {"ms_per_image": 3.0},
-                        "int8": {"passed": True, "reason": "ok", "ms_per_image": 1.0}}}  # fmt: skip
-    failed = {"paths": {"int8": {"passed": False, "reason": "valid: 0.9"}}}
+    checked = {"model_fingerprint": model_fingerprint(tiny_model),
+               "int8_fingerprint": int8_fingerprint(int8)}  # fmt: skip
+    passed = {**checked, "paths": {"fp32": {"ms_per_image": 3.0},
+              "int8": {"passed": True, "reason": "ok", "ms_per_image": 1.0}}}  # fmt: skip
+    failed = {**checked, "paths": {"int8": {"passed": False, "reason": "valid: 0.9"}}}
+    other_model = {**passed, "model_fingerprint": "0123456789abcdef"}
 
     def probabilities(gate):
         table = predict_images(files, tiny_model, 2, int8, gate, "int8")
@@ -113,4 +121,5 @@ def test_a_precision_is_used_only_as_far_as_the_gate_allows(tiny_model, sample_i
     )
     fp32 = predict_images(files, tiny_model, 2)[probability_columns()].to_numpy()
     np.testing.assert_allclose(probabilities(failed), fp32, atol=1e-6)
+    np.testing.assert_allclose(probabilities(other_model), fp32, atol=1e-6)
     np.testing.assert_allclose(probabilities(None), fp32, atol=1e-6)

@@ -32,6 +32,8 @@ from chest_ct_classifier.precision import (
     agreement_with_fp32,
     choose_precision,
     forward_for,
+    int8_fingerprint,
+    model_fingerprint,
     passes_gate,
 )
 from chest_ct_classifier.preprocessing import (
@@ -326,6 +328,9 @@ def check_reduced_precisions(
     timing_images = np.concatenate([x for x, _ in inputs.values()]) if inputs else None
     reference = {split: answers(forwards["fp32"], x) for split, (x, _) in inputs.items()}
     report: dict[str, Any] = {
+        # which files were checked: a report is never applied to another model
+        "model_fingerprint": model_fingerprint(model),
+        "int8_fingerprint": int8_fingerprint(int8_model),
         "gate": {"min_agreement": min_agreement, "max_accuracy_drop": max_drop},
         "paths": {},
     }

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import base64
-import hashlib
+import json
 import logging
 import threading
-import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,7 +15,7 @@ import pandas as pd
 
 from chest_ct_classifier.labels import LABELS, probability_columns
 from chest_ct_classifier.model_architecture import image_size_of
-from chest_ct_classifier.precision import Forward, choose_precision, forward_for
+from chest_ct_classifier.precision import Forward, select_forward
 from chest_ct_classifier.preprocessing import (
     UnreadableImageError,
     bytes_from_base64,
@@ -69,13 +68,14 @@ def predict_images(
     return pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
 
 
-# Forward passes already built, per model object: the served MLflow model calls predict_images
-# for every request, and building a path (tracing, converting to bfloat16, loading the int8
-# interpreter) costs far more than one answer.
-_FORWARDS: weakref.WeakKeyDictionary[keras.Model, dict[tuple, Forward]] = (
-    weakref.WeakKeyDictionary()
-)
+# Forward passes already built, per model object and request: the served MLflow model calls
+# predict_images for every request, and building a path (fingerprinting the weights, tracing,
+# converting to bfloat16, loading the int8 interpreter) costs far more than one answer. The
+# served model is one object for the life of the process (KerasModelDataset shares it), so
+# the cache stays small; it keeps the objects its keys' ids refer to, so an id is never reused.
+_FORWARDS: dict[tuple, tuple[Any, Forward]] = {}
 _FORWARDS_LOCK = threading.Lock()
+_FORWARDS_KEPT = 4
 
 
 def _forward(
@@ -84,14 +84,18 @@ def _forward(
     int8_model: bytes | None,
     precision_gate: dict[str, Any] | None,
 ) -> Forward:
-    precision, reason = choose_precision(requested, precision_gate)
-    key = (precision, hashlib.sha256(int8_model).digest() if precision == "int8" else None)
+    gate_key = json.dumps(precision_gate, sort_keys=True) if precision_gate else None
+    key = (id(model), id(int8_model), requested, gate_key)
     with _FORWARDS_LOCK:
-        built = _FORWARDS.setdefault(model, {})
-        if key not in built:
+        if key not in _FORWARDS:
+            forward, precision, reason = select_forward(
+                model, requested, int8_model, precision_gate
+            )
             logger.info("Predicting in %s: %s", precision, reason)
-            built[key] = forward_for(model, precision, int8_model)
-        return built[key]
+            while len(_FORWARDS) >= _FORWARDS_KEPT:
+                _FORWARDS.pop(next(iter(_FORWARDS)))
+            _FORWARDS[key] = ((model, int8_model), forward)
+        return _FORWARDS[key][1]
 
 
 def images_from_request(request: pd.DataFrame) -> dict[str, Callable[[], bytes]]:

@@ -265,7 +265,8 @@ def calibrate_classifier(
       of those images trained on). It is the larger leak-free set: in the archive 144 images
       with 14 normals, against valid's 62 leak-free images with 3 normals. The schedule run
       trained on a similar number of images for the same epochs, so its confidence on new
-      images is the refit model's.
+      images should be close to the refit model's (an assumption; and its epochs were chosen
+      on this hold-out's loss, which may leave T slightly low).
     - ``valid``: the refit model's answers on the valid images with no copy in train (copies
       of training images are answered with a confidence no new image earns).
 
