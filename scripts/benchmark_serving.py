@@ -33,7 +33,6 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -41,7 +40,7 @@ import keras
 import numpy as np
 import requests
 
-from chest_ct_classifier.precision import PRECISIONS, forward_for
+from chest_ct_classifier.precision import PRECISIONS, forward_for, median_seconds
 from chest_ct_classifier.preprocessing import fitted_rgb, preprocess_image_bytes, scale_for_vgg16
 from chest_ct_classifier.serving.served_model import model_files
 from chest_ct_classifier.serving.settings import ServingSettings
@@ -67,16 +66,6 @@ def _percentiles(seconds: list[float]) -> dict[str, float]:
     }
 
 
-def _median_seconds(call: Callable[[], object], repeats: int) -> float:
-    call()  # the first call of a shape prepares it
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def raw_forward(
     model: keras.Model, int8: bytes | None, precision: str, inputs: np.ndarray, repeats: int
 ) -> dict | None:
@@ -86,10 +75,10 @@ def raw_forward(
     forward = forward_for(model, precision, int8)
     batch = np.concatenate([inputs] * (16 // len(inputs) + 1))[:16]
     one = [
-        _median_seconds(lambda i=i: forward(inputs[i : i + 1]), 1)
+        median_seconds(lambda i=i: forward(inputs[i : i + 1]), 1)
         for i in np.arange(repeats) % len(inputs)
     ]
-    sixteen = _median_seconds(lambda: forward(batch), max(1, repeats // 10))
+    sixteen = median_seconds(lambda: forward(batch), max(1, repeats // 10))
     return {
         "forward_batch1": _percentiles(one),
         "images_per_second_batch1": round(1 / statistics.median(one), 2),

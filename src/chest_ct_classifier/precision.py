@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -39,6 +40,18 @@ AUTO = "auto"
 Forward = Callable[[np.ndarray], np.ndarray]
 
 logger = logging.getLogger(__name__)
+
+
+def median_seconds(call: Callable[[], object], repeats: int) -> float:
+    """Median wall time of ``repeats`` calls, after one untimed call (the first call of a
+    shape prepares it: tracing, memory, weight packing)."""
+    call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
 
 
 def model_fingerprint(model: keras.Model) -> str:

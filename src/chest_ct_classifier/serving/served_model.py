@@ -99,9 +99,9 @@ class ServedModel:
         self,
         model: keras.Model,
         info: ModelInfo,
-        forward: Forward | None = None,
-        max_batch: int = 16,
-        batch_wait_s: float = 0.005,
+        forward: Forward | None,
+        max_batch: int,
+        batch_wait_s: float,
     ) -> None:
         self.model = model
         self.info = info

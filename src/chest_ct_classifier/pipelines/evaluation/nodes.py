@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +32,7 @@ from chest_ct_classifier.precision import (
     choose_precision,
     forward_for,
     int8_fingerprint,
+    median_seconds,
     model_fingerprint,
     passes_gate,
 )
@@ -345,13 +345,8 @@ def check_reduced_precisions(
         if timing_images is not None:
             path |= _timings(forward, timing_images, parameters)
         report["paths"][precision] = path
-        logger.info(
-            "Precision %s: %s",
-            precision, path.get("reason", "the reference") + (
-                f"; {path['ms_per_image']:.1f} ms per image in batches, "
-                f"{path['ms_batch_1']:.1f} ms alone" if "ms_per_image" in path else ""
-            ),
-        )  # fmt: skip
+        logger.info("Precision %s: %s; %s", precision, path.get("reason", "the reference"),
+                    {k: v for k, v in path.items() if k.startswith("ms_")})  # fmt: skip
     chosen, reason = choose_precision(AUTO, report)
     report["fastest_passing"], report["reason"] = chosen, reason
     flat: dict[str, list[dict[str, float]]] = {}
@@ -373,14 +368,7 @@ def check_reduced_precisions(
 def _timings(forward: Forward, images: np.ndarray, parameters: dict[str, Any]) -> dict[str, float]:
     repeats = int(parameters["timing_repeats"])
     batch = images[: int(parameters["timing_batch_size"])]
-
-    def median_ms(x: np.ndarray) -> float:
-        forward(x)  # the first call of a shape prepares it
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            forward(x)
-            times.append(time.perf_counter() - start)
-        return float(np.median(times)) * 1000.0
-
-    return {"ms_per_image": median_ms(batch) / len(batch), "ms_batch_1": median_ms(batch[:1])}
+    return {
+        "ms_per_image": median_seconds(lambda: forward(batch), repeats) * 1000.0 / len(batch),
+        "ms_batch_1": median_seconds(lambda: forward(batch[:1]), repeats) * 1000.0,
+    }
