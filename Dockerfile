@@ -31,8 +31,10 @@ RUN groupadd --system --gid 10001 app \
 WORKDIR /app
 
 # Dependencies first, in their own layer: rebuilt only when requirements-serving.txt changes.
+# That file is exported from uv.lock (`make requirements`; a test keeps it current): the same
+# versions the tests ran, each checked against its hash.
 COPY requirements-serving.txt ./
-RUN pip install --no-cache-dir -r requirements-serving.txt
+RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements-serving.txt
 
 # The package, without its dependencies (those are training's; the serving ones are above).
 # A regular install (not editable): templates and static files come from the package data.

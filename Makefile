@@ -1,38 +1,82 @@
-# One command to set up and run the project, one to set up and test it (see README.md).
-# The setup keeps its Python environment in .venv/ and reinstalls only when pyproject.toml changes.
+# The project's commands; `make` alone lists them. The README's quickstart is `make run` then
+# `make test`. Every target installs first: uv syncs .venv/ with uv.lock (the exact versions
+# CI and the Docker image use) and does nothing when it is already in sync.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# uv from PATH, else a private copy installed from PyPI into .uv/ (pinned: the lock's format).
+UV_VERSION := 0.13.9
+UV := $(or $(shell command -v uv 2>/dev/null),.uv/bin/uv)
+PORT ?= 8080
 
 export KEDRO_DISABLE_TELEMETRY := 1
 export DO_NOT_TRACK := 1
 export MLFLOW_DISABLE_TELEMETRY := true
 export TF_CPP_MIN_LOG_LEVEL := 2
+# uv installs into this project's .venv/ and never downloads a Python of its own.
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: setup run test lint clean-outputs
+LINTED := src tests scripts app.py gunicorn.conf.py
 
-setup: $(VENV)/.installed
+.DEFAULT_GOAL := help
+.PHONY: help setup run test lint viz ui serve predict repro docker requirements clean-outputs
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
-	touch $@
+help: ## list the commands
+	@echo "Usage: make <command>   (every command installs .venv/ from uv.lock first)"
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %-15s %s\n", $$1, $$2}' \
+		$(MAKEFILE_LIST)
 
-run: setup
+.uv/bin/uv:
+	@echo "uv not found on PATH: installing uv $(UV_VERSION) from PyPI into .uv/"
+	$(PYTHON) -m venv .uv
+	.uv/bin/python -m pip install --disable-pip-version-check "uv==$(UV_VERSION)"
+
+setup: $(VENV)/.installed ## create .venv/ with the locked versions (project + dev tools)
+
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --locked --python $(PYTHON)
+	@touch $@
+
+run: setup ## run the whole pipeline (kedro run) on the bundled sample, offline
 	$(BIN)/kedro run
 
-test: setup
-	$(BIN)/ruff check src tests scripts app.py gunicorn.conf.py
-	$(BIN)/ruff format --check src tests scripts app.py gunicorn.conf.py
+test: setup ## lint, check the import layers, run the test suite
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/lint-imports
 	$(BIN)/pytest -n 2 --dist loadfile
 
-lint: setup
-	$(BIN)/ruff check --fix src tests scripts app.py gunicorn.conf.py
-	$(BIN)/ruff format src tests scripts app.py gunicorn.conf.py
+lint: setup ## fix what ruff can fix and format the code
+	$(BIN)/ruff check --fix $(LINTED)
+	$(BIN)/ruff format $(LINTED)
 
-# Removes every run output (models, reports, MLflow store); keeps the bundled sample.
-clean-outputs:
+viz: setup ## show the pipelines in Kedro-Viz (http://127.0.0.1:4141)
+	$(BIN)/kedro viz run
+
+ui: setup ## show the MLflow runs and registered models (http://127.0.0.1:5000)
+	$(BIN)/kedro mlflow ui
+
+serve: setup ## serve the upload page and JSON API on PORT (default 8080), as the image does
+	PORT=$(PORT) $(BIN)/gunicorn app:app
+
+predict: setup ## predict every image under INPUT (a file, folder or .zip) and print a table
+	@test -n "$(INPUT)" || { echo "usage: make predict INPUT=<image, folder or .zip>"; exit 2; }
+	$(BIN)/chest-ct predict "$(INPUT)"
+
+repro: setup ## reproduce the DVC pipeline (dvc repro) with the environment active
+	. $(BIN)/activate && dvc repro
+
+docker: ## build the serving image (needs a Docker engine)
+	docker build -t chest-ct-classifier .
+
+requirements: | $(UV) ## export the serving image's pinned, hashed requirements from uv.lock
+	{ echo "# The serving image's requirements (Dockerfile), exported from uv.lock by"; \
+	  echo "# \`make requirements\`: do not edit. tests/test_delivery.py checks it is current."; \
+	  $(UV) export --frozen --only-group serving --format requirements-txt --no-emit-project \
+		--no-header --quiet; } > requirements-serving.txt
+
+clean-outputs: ## remove every run output (models, reports, MLflow store); keep the sample
 	rm -rf mlflow.db mlruns data/01_raw/downloads data/01_raw/extracted data/01_raw/inference
 	find data -mindepth 2 ! -path 'data/01_raw/*' ! -name .gitkeep -delete

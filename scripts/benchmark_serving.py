@@ -40,8 +40,12 @@ import keras
 import numpy as np
 import requests
 
-from chest_ct_classifier.precision import PRECISIONS, forward_for, median_seconds
-from chest_ct_classifier.preprocessing import fitted_rgb, preprocess_image_bytes, scale_for_vgg16
+from chest_ct_classifier.images.preprocessing import (
+    fitted_rgb,
+    preprocess_image_bytes,
+    scale_for_vgg16,
+)
+from chest_ct_classifier.model.numeric_precision import PRECISIONS, forward_for, median_seconds
 from chest_ct_classifier.serving.served_model import model_files
 from chest_ct_classifier.serving.settings import ServingSettings
 

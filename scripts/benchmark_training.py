@@ -30,9 +30,10 @@ import keras
 import mlflow
 import numpy as np
 
-from chest_ct_classifier.augmentation import augment, augmentation_model
-from chest_ct_classifier.labels import LABELS, label_from_folder
-from chest_ct_classifier.model_architecture import (
+from chest_ct_classifier.images.augmentation import augment, augmentation_model
+from chest_ct_classifier.images.labels import LABELS, label_from_folder
+from chest_ct_classifier.images.preprocessing import decode_image, image_to_array, scale_for_vgg16
+from chest_ct_classifier.model.architecture import (
     CACHED_LAYER,
     FEATURE_LAYER,
     FINE_TUNED_BLOCK,
@@ -41,8 +42,7 @@ from chest_ct_classifier.model_architecture import (
     model_after,
     set_block_trainable,
 )
-from chest_ct_classifier.preprocessing import decode_image, image_to_array, scale_for_vgg16
-from chest_ct_classifier.pretrained_weights import load_hed_conv_weights
+from chest_ct_classifier.model.pretrained_weights import load_hed_conv_weights
 
 PROJECT = Path(__file__).resolve().parents[1]
 DEFAULT_ARCHIVE = PROJECT.parent / "shared" / "data" / "chest-ct-scan.zip"

@@ -72,7 +72,7 @@ def sample_images() -> dict[str, bytes]:
 @pytest.fixture(scope="session")
 def tiny_model():
     """A real VGG16 classifier (HED weights) at 32 px: fast enough for unit tests."""
-    from chest_ct_classifier.model_architecture import build_classifier
-    from chest_ct_classifier.pretrained_weights import load_hed_conv_weights
+    from chest_ct_classifier.model.architecture import build_classifier
+    from chest_ct_classifier.model.pretrained_weights import load_hed_conv_weights
 
     return build_classifier(32, load_hed_conv_weights(), dense_units=16, seed=0)

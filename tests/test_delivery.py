@@ -168,11 +168,15 @@ def tracked_files(folder: str) -> list[str]:
 
 
 def serving_requirements() -> list[Requirement]:
+    """The pinned requirements of requirements-serving.txt whose markers hold here (hashes,
+    continuations and comments dropped)."""
     requirements = []
-    for line in SERVING_REQUIREMENTS.read_text().splitlines():
-        text = line.partition("#")[0].strip()
-        if text:
-            requirements.append(Requirement(text))
+    for line in SERVING_REQUIREMENTS.read_text().replace("\\\n", " ").splitlines():
+        text = line.partition(" --hash")[0].strip()
+        if text and not text.startswith("#"):
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate():
+                requirements.append(requirement)
     return requirements
 
 
@@ -326,7 +330,9 @@ def test_image_turns_telemetry_off():
 
 def test_image_installs_serving_requirements_then_the_package_without_deps():
     runs = " ".join(instruction_arguments("RUN"))
-    assert "pip install --no-cache-dir -r requirements-serving.txt" in runs
+    assert (
+        "pip install --no-cache-dir --require-hashes --no-deps -r requirements-serving.txt" in runs
+    )
     assert re.search(r"pip install --no-cache-dir --no-deps \.(\s|$)", runs)
 
 
@@ -398,6 +404,40 @@ def test_serving_requirements_are_installed_here():
         )
 
 
+def test_serving_requirements_are_exported_from_the_lock():
+    """requirements-serving.txt is exactly what `make requirements` exports from uv.lock now:
+    every version pinned and hashed, so the image installs what the tests ran."""
+    uv = BIN / "uv"
+    exported = subprocess.run(
+        [
+            uv,
+            "export",
+            "--frozen",
+            "--only-group",
+            "serving",
+            "--format",
+            "requirements-txt",
+            "--no-emit-project",
+            "--no-header",
+            "--quiet",
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    lines = SERVING_REQUIREMENTS.read_text().splitlines(keepends=True)
+    while lines and lines[0].startswith("#"):
+        lines.pop(0)  # the header `make requirements` writes
+    assert "".join(lines) == exported, (
+        "requirements-serving.txt is stale: run `make requirements` and commit it"
+    )
+    assert all(
+        str(requirement.specifier).startswith("==") for requirement in serving_requirements()
+    )
+
+
 def test_serving_imports_with_only_the_image_libraries():
     """``chest_ct_classifier.serving`` and the registry path (mlflow-skinny) import with every
     module outside the image's requirements made unimportable: Kedro, kedro-mlflow,
@@ -445,9 +485,8 @@ def test_the_installed_package_carries_its_templates_and_static_files(tmp_path):
         source / "src",
         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"),
     )
-    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
     result = subprocess.run(
-        [*pip_wheel, "--no-index", "--quiet", "--wheel-dir", str(tmp_path / "dist"), str(source)],
+        [BIN / "uv", "build", "--wheel", "--quiet", "--out-dir", tmp_path / "dist", source],
         capture_output=True,
         text=True,
         timeout=300,

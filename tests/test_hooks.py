@@ -12,8 +12,8 @@ from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
 
 from chest_ct_classifier import hooks
 from chest_ct_classifier.hooks import ChampionGateHook
-from chest_ct_classifier.model_registry import GATE_METRIC
-from tests.test_model_registry import NAME, champion, register_version, sqlite_store, tags
+from chest_ct_classifier.registry.champion_gate import GATE_METRIC
+from tests.registry.test_champion_gate import NAME, champion, register_version, sqlite_store, tags
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ def test_one_pipeline_can_be_requested_alone():
 def test_the_training_flow_and_evaluation_register_the_serving_pipeline():
     from kedro_mlflow.pipeline.pipeline_ml import PipelineML
 
-    from chest_ct_classifier.model_registry import MODEL_NAME
+    from chest_ct_classifier.registry.champion_gate import MODEL_NAME
 
     configure_project("chest_ct_classifier")
     pipelines.set_requested(None)

@@ -1,7 +1,8 @@
 """Project hooks (registered in ``settings.HOOKS``).
 
-``ChampionGateHook`` applies the champion gate (:mod:`chest_ct_classifier.model_registry`) to
-the model version a successful ``kedro run`` registered.
+``ChampionGateHook`` applies the champion gate
+(:mod:`chest_ct_classifier.registry.champion_gate`) to the model version a successful
+``kedro run`` registered.
 
 How it finds that version: kedro-mlflow's ``MlflowHook`` starts the MLflow run in its
 ``before_pipeline_run``, and registers the model in its ``after_pipeline_run`` (a
@@ -27,7 +28,7 @@ import mlflow
 from kedro.framework.hooks import hook_impl
 from mlflow import MlflowClient
 
-from chest_ct_classifier.model_registry import (
+from chest_ct_classifier.registry.champion_gate import (
     CHAMPION_ALIAS,
     GATE_METRIC,
     MODEL_NAME,

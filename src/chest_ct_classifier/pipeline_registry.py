@@ -8,11 +8,11 @@ from kedro.pipeline import Pipeline
 from kedro_mlflow.pipeline import pipeline_ml_factory
 
 import chest_ct_classifier
-from chest_ct_classifier.model_registry import MODEL_NAME
 from chest_ct_classifier.pipelines.inference.pipeline import (
     SERVING_INPUT,
     create_serving_pipeline,
 )
+from chest_ct_classifier.registry.champion_gate import MODEL_NAME
 
 TRAINING_FLOW = ("data_ingestion", "model_preparation", "training", "evaluation")
 # What the served model needs at prediction time (``mlflow models serve`` installs these when

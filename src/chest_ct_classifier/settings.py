@@ -27,5 +27,5 @@ CONFIG_LOADER_ARGS = {
 }
 
 # After a run that registered a model version: move the `champion` alias to it only if it beats
-# the champion's valid macro-F1 (see chest_ct_classifier.model_registry).
+# the champion's valid macro-F1 (see chest_ct_classifier.registry.champion_gate).
 HOOKS = (ChampionGateHook(), NodeTimingHook())

@@ -6,7 +6,7 @@ import json
 import keras
 import pytest
 
-from chest_ct_classifier.precision import int8_feature_extractor
+from chest_ct_classifier.model.numeric_precision import int8_feature_extractor
 
 from ..conftest import PROJECT_ROOT, SAMPLE_ROOT, run_tool
 from ..serving.conftest import train_small_model

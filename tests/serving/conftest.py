@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from werkzeug.serving import make_server
 
-from chest_ct_classifier.labels import LABELS, label_from_folder
+from chest_ct_classifier.images.labels import LABELS, label_from_folder
 from tests.conftest import SAMPLE_ROOT
 
 SERVED_IMAGE_SIZE = 32
@@ -33,9 +33,9 @@ def train_small_model(path: Path, epochs: int, seed: int) -> Path:
     split, saved where ``kedro run`` saves one, with the weights record beside it."""
     import keras
 
-    from chest_ct_classifier.model_architecture import build_classifier
-    from chest_ct_classifier.preprocessing import preprocess_image_bytes
-    from chest_ct_classifier.pretrained_weights import load_hed_conv_weights
+    from chest_ct_classifier.images.preprocessing import preprocess_image_bytes
+    from chest_ct_classifier.model.architecture import build_classifier
+    from chest_ct_classifier.model.pretrained_weights import load_hed_conv_weights
 
     keras.utils.set_random_seed(seed)
     model = build_classifier(SERVED_IMAGE_SIZE, load_hed_conv_weights(), dense_units=16, seed=seed)

@@ -14,7 +14,7 @@ import pytest
 import requests
 from PIL import Image
 
-from chest_ct_classifier.labels import LABELS
+from chest_ct_classifier.images.labels import LABELS
 from chest_ct_classifier.pipelines.inference.nodes import predict_images
 
 pytestmark = pytest.mark.slow  # trains a small model once per session (~10 s)

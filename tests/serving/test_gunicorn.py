@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from chest_ct_classifier.labels import LABELS
+from chest_ct_classifier.images.labels import LABELS
 from tests.conftest import BIN, PROJECT_ROOT
 from tests.test_delivery import environment_of_image, image_cmd, serving_image_import_guard
 

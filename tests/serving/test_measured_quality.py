@@ -1,7 +1,7 @@
 import json
 import os
 
-from chest_ct_classifier.labels import LABELS
+from chest_ct_classifier.images.labels import LABELS
 from chest_ct_classifier.serving.measured_quality import from_metrics_file, from_run_metrics
 
 

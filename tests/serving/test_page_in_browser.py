@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from chest_ct_classifier.labels import LABELS
+from chest_ct_classifier.images.labels import LABELS
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.chrome.service import Service  # noqa: E402

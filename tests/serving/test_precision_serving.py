@@ -15,10 +15,14 @@ import pytest
 import requests
 from PIL import Image
 
-from chest_ct_classifier.explanation import grad_cam, overlay_heatmap
-from chest_ct_classifier.labels import LABELS
-from chest_ct_classifier.precision import Int8Forward, choose_precision, int8_feature_extractor
-from chest_ct_classifier.preprocessing import fitted_rgb, scale_for_vgg16
+from chest_ct_classifier.images.labels import LABELS
+from chest_ct_classifier.images.preprocessing import fitted_rgb, scale_for_vgg16
+from chest_ct_classifier.model.explanation import grad_cam, overlay_heatmap
+from chest_ct_classifier.model.numeric_precision import (
+    Int8Forward,
+    choose_precision,
+    int8_feature_extractor,
+)
 from tests.conftest import PROJECT_ROOT, SAMPLE_ROOT
 
 from .conftest import SERVED_IMAGE_SIZE
@@ -39,7 +43,7 @@ def model_files(trained_model_path: Path, tmp_path_factory) -> dict:
     """The small trained model, its int8 model and its real gate report, in a folder."""
     import pandas as pd
 
-    from chest_ct_classifier.labels import label_from_folder
+    from chest_ct_classifier.images.labels import label_from_folder
     from chest_ct_classifier.pipelines.evaluation.nodes import check_reduced_precisions
 
     folder = tmp_path_factory.mktemp("models")

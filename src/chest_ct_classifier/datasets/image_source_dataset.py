@@ -9,7 +9,7 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
-from chest_ct_classifier.image_sources import SourceError, list_files, materialize_source
+from chest_ct_classifier.images.sources import SourceError, list_files, materialize_source
 
 
 def _read(path: Path) -> bytes:

@@ -6,7 +6,7 @@ from typing import Any
 
 from kedro.io import AbstractDataset, DatasetError
 
-from chest_ct_classifier.pretrained_weights import PretrainedWeights, resolve_vgg16_weights
+from chest_ct_classifier.model.pretrained_weights import PretrainedWeights, resolve_vgg16_weights
 
 
 class VGG16WeightsDataset(AbstractDataset[None, PretrainedWeights]):

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from chest_ct_classifier.labels import LABELS
+from chest_ct_classifier.images.labels import LABELS
 
 
 def from_metrics_file(path: Path, model_path: Path) -> dict[str, Any] | None:

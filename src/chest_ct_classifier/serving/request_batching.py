@@ -18,7 +18,7 @@ from concurrent.futures import Future
 
 import numpy as np
 
-from chest_ct_classifier.precision import Forward
+from chest_ct_classifier.model.numeric_precision import Forward
 
 logger = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from typing import Any
 from flask import Blueprint, current_app, jsonify, render_template, request
 from flask.typing import ResponseReturnValue
 
-from chest_ct_classifier.labels import DISPLAY_NAMES, LABELS
-from chest_ct_classifier.preprocessing import (
+from chest_ct_classifier.images.labels import DISPLAY_NAMES, LABELS
+from chest_ct_classifier.images.preprocessing import (
     ImageTooLargeError,
     UnreadableImageError,
     bytes_from_base64,

@@ -15,7 +15,7 @@ import re
 import tempfile
 import threading
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -25,17 +25,17 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from chest_ct_classifier.explanation import CAM_LAYER, grad_cam, overlay_heatmap
-from chest_ct_classifier.labels import LABELS
-from chest_ct_classifier.model_architecture import OUTPUT_LAYER, image_size_of
-from chest_ct_classifier.precision import (
+from chest_ct_classifier.images.labels import LABELS
+from chest_ct_classifier.images.preprocessing import fitted_rgb, scale_for_vgg16
+from chest_ct_classifier.model.architecture import OUTPUT_LAYER, image_size_of
+from chest_ct_classifier.model.explanation import CAM_LAYER, grad_cam, overlay_heatmap
+from chest_ct_classifier.model.numeric_precision import (
     AUTO,
     PRECISIONS,
     Forward,
     select_forward,
     traced_forward,
 )
-from chest_ct_classifier.preprocessing import fitted_rgb, scale_for_vgg16
 from chest_ct_classifier.serving import measured_quality
 from chest_ct_classifier.serving.request_batching import RequestBatcher
 from chest_ct_classifier.serving.settings import (
@@ -256,7 +256,7 @@ def servable_image_size(model: keras.Model) -> int:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _first_line(exc: Exception) -> str:

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from chest_ct_classifier.labels import LABELS
+from chest_ct_classifier.images.labels import LABELS
 from chest_ct_classifier.pipelines.data_ingestion.nodes import (
     INDEX_COLUMNS,
     assess_data_quality,

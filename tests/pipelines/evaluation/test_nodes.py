@@ -2,7 +2,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from chest_ct_classifier.labels import LABELS
+from chest_ct_classifier.images.labels import LABELS
 from chest_ct_classifier.pipelines.evaluation.nodes import (
     evaluate_classifier,
     metrics_for_mlflow,
@@ -203,9 +203,9 @@ def test_grad_cam_examples_show_a_correct_and_a_wrong_answer_per_class(tiny_mode
 def test_reduced_precisions_are_checked_against_fp32_on_valid_and_test(tiny_model, sample_images):
     import pandas as pd
 
-    from chest_ct_classifier.labels import label_from_folder
+    from chest_ct_classifier.images.labels import label_from_folder
+    from chest_ct_classifier.model.numeric_precision import int8_feature_extractor
     from chest_ct_classifier.pipelines.evaluation.nodes import check_reduced_precisions
-    from chest_ct_classifier.precision import int8_feature_extractor
 
     table = pd.DataFrame(
         {"path": list(sample_images),
@@ -234,7 +234,7 @@ def test_reduced_precisions_are_checked_against_fp32_on_valid_and_test(tiny_mode
         assert logged[f"{precision}_valid_agreement"] == [{"value": valid_agreement, "step": 0}]
     assert report["fastest_passing"] in ("fp32", "bf16", "int8")
     assert report["gate"] == {"min_agreement": 0.99, "max_accuracy_drop": 0.01}
-    from chest_ct_classifier.precision import model_fingerprint
+    from chest_ct_classifier.model.numeric_precision import model_fingerprint
 
     assert report["model_fingerprint"] == model_fingerprint(tiny_model)
     assert len(report["int8_fingerprint"]) == 16

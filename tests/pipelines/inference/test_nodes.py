@@ -1,6 +1,6 @@
 import numpy as np
 
-from chest_ct_classifier.labels import LABELS, probability_columns
+from chest_ct_classifier.images.labels import LABELS, probability_columns
 from chest_ct_classifier.pipelines.inference.nodes import PREDICTION_COLUMNS, predict_images
 
 
@@ -94,13 +94,13 @@ def test_serving_example_has_one_image_per_class(sample_images):
 
 
 def test_a_precision_is_used_only_as_far_as_the_gate_allows(tiny_model, sample_images):
-    from chest_ct_classifier.precision import (
+    from chest_ct_classifier.images.preprocessing import preprocess_image_bytes
+    from chest_ct_classifier.model.numeric_precision import (
         Int8Forward,
         int8_feature_extractor,
         int8_fingerprint,
         model_fingerprint,
     )
-    from chest_ct_classifier.preprocessing import preprocess_image_bytes
 
     files = {p: (lambda p=p: sample_images[p]) for p in list(sample_images)[:4]}
     int8 = int8_feature_extractor(tiny_model)

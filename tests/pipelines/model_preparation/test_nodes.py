@@ -1,5 +1,5 @@
+from chest_ct_classifier.model.pretrained_weights import PretrainedWeights, load_hed_conv_weights
 from chest_ct_classifier.pipelines.model_preparation.nodes import prepare_classifier
-from chest_ct_classifier.pretrained_weights import PretrainedWeights, load_hed_conv_weights
 
 PARAMS = {
     "image_size": 32,

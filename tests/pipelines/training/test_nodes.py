@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 
-from chest_ct_classifier.activation_cache import row_probabilities
-from chest_ct_classifier.calibration import scale_probabilities
-from chest_ct_classifier.labels import LABELS
+from chest_ct_classifier.images.labels import LABELS
+from chest_ct_classifier.model.activation_cache import row_probabilities
+from chest_ct_classifier.model.calibration import scale_probabilities
+from chest_ct_classifier.model.two_phase_training import scores
 from chest_ct_classifier.pipelines.data_ingestion.nodes import assess_data_quality, index_images
 from chest_ct_classifier.pipelines.training.nodes import (
     cache_activations,
@@ -11,7 +12,6 @@ from chest_ct_classifier.pipelines.training.nodes import (
     choose_training_schedule,
     train_classifier,
 )
-from chest_ct_classifier.two_phase_training import scores
 
 PARAMS = {
     "activation_batch_size": 8,
@@ -171,7 +171,7 @@ def _assert_temperature_folded_in(model, calibrated, record, cache) -> None:
 
 
 def test_row_probabilities_equal_the_model_on_each_file(cache, sample_images, tiny_model):
-    from chest_ct_classifier.preprocessing import preprocess_image_bytes
+    from chest_ct_classifier.images.preprocessing import preprocess_image_bytes
 
     files = {**sample_images}
     files[COPY] = files["Data/train/normal/n7.png"]

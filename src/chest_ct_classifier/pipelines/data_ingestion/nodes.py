@@ -12,11 +12,11 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from chest_ct_classifier.duplicates import near_duplicate_groups, perceptual_hash
-from chest_ct_classifier.image_sources import IMAGE_SUFFIXES
-from chest_ct_classifier.labels import LABELS, label_from_folder, split_from_folder
-from chest_ct_classifier.preprocessing import UnreadableImageError, decode_image
-from chest_ct_classifier.splitting import grouped_split
+from chest_ct_classifier.images.duplicates import near_duplicate_groups, perceptual_hash
+from chest_ct_classifier.images.labels import LABELS, label_from_folder, split_from_folder
+from chest_ct_classifier.images.preprocessing import UnreadableImageError, decode_image
+from chest_ct_classifier.images.sources import IMAGE_SUFFIXES
+from chest_ct_classifier.images.splitting import grouped_split
 
 logger = logging.getLogger(__name__)
 

@@ -14,17 +14,23 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from chest_ct_classifier.activation_cache import row_probabilities
-from chest_ct_classifier.calibration import (
+from chest_ct_classifier.images.labels import DISPLAY_NAMES, LABELS
+from chest_ct_classifier.images.preprocessing import (
+    decode_image,
+    image_to_array,
+    preprocess_image_bytes,
+    scale_for_vgg16,
+)
+from chest_ct_classifier.model.activation_cache import row_probabilities
+from chest_ct_classifier.model.architecture import image_size_of
+from chest_ct_classifier.model.batches import map_batches
+from chest_ct_classifier.model.calibration import (
     expected_calibration_error,
     reliability_bins,
     scale_probabilities,
 )
-from chest_ct_classifier.explanation import grad_cam, overlay_heatmap
-from chest_ct_classifier.labels import DISPLAY_NAMES, LABELS
-from chest_ct_classifier.metrics import classification_metrics
-from chest_ct_classifier.model_architecture import image_size_of
-from chest_ct_classifier.precision import (
+from chest_ct_classifier.model.explanation import grad_cam, overlay_heatmap
+from chest_ct_classifier.model.numeric_precision import (
     AUTO,
     PRECISIONS,
     Forward,
@@ -36,12 +42,7 @@ from chest_ct_classifier.precision import (
     model_fingerprint,
     passes_gate,
 )
-from chest_ct_classifier.preprocessing import (
-    decode_image,
-    image_to_array,
-    preprocess_image_bytes,
-    scale_for_vgg16,
-)
+from chest_ct_classifier.scoring.metrics import classification_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -323,7 +324,7 @@ def check_reduced_precisions(
     batch = int(parameters["batch_size"])
 
     def answers(forward: Forward, x: np.ndarray) -> np.ndarray:
-        return np.concatenate([forward(x[i : i + batch]) for i in range(0, len(x), batch)])
+        return map_batches(forward, x, batch, (len(LABELS),))
 
     timing_images = np.concatenate([x for x, _ in inputs.values()]) if inputs else None
     reference = {split: answers(forwards["fp32"], x) for split, (x, _) in inputs.items()}

@@ -13,14 +13,15 @@ import keras
 import numpy as np
 import pandas as pd
 
-from chest_ct_classifier.labels import LABELS, probability_columns
-from chest_ct_classifier.model_architecture import image_size_of
-from chest_ct_classifier.precision import Forward, select_forward
-from chest_ct_classifier.preprocessing import (
+from chest_ct_classifier.images.labels import LABELS, probability_columns
+from chest_ct_classifier.images.preprocessing import (
     UnreadableImageError,
     bytes_from_base64,
     preprocess_image_bytes,
 )
+from chest_ct_classifier.model.architecture import image_size_of
+from chest_ct_classifier.model.batches import map_batches
+from chest_ct_classifier.model.numeric_precision import Forward, select_forward
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +57,16 @@ def predict_images(
             logger.warning("Cannot predict %s: %s", path, exc)
         rows.append(row)
 
-    for start in range(0, len(readable), batch_size):
-        chunk = readable[start : start + batch_size]
-        probabilities = forward(np.stack([x for _, x in chunk]))
-        for (position, _), p in zip(chunk, probabilities, strict=True):
-            rows[position]["label"] = LABELS[int(p.argmax())]
-            rows[position].update(zip(probability_columns(), map(float, p), strict=True))
-        logger.info("Predicted %d/%d images", min(start + batch_size, len(readable)), len(readable))
+    probabilities = map_batches(
+        lambda chosen: forward(np.stack([readable[i][1] for i in chosen])),
+        np.arange(len(readable)),
+        batch_size,
+        (len(LABELS),),
+        progress=lambda done, total: logger.info("Predicted %d/%d images", done, total),
+    )
+    for (position, _), p in zip(readable, probabilities, strict=True):
+        rows[position]["label"] = LABELS[int(p.argmax())]
+        rows[position].update(zip(probability_columns(), map(float, p), strict=True))
 
     logger.info("Predictions: %d images, %d unreadable", len(rows), len(rows) - len(readable))
     return pd.DataFrame(rows, columns=PREDICTION_COLUMNS)

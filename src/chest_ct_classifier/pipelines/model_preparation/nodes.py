@@ -7,8 +7,8 @@ from typing import Any
 
 import keras
 
-from chest_ct_classifier.model_architecture import build_classifier
-from chest_ct_classifier.pretrained_weights import PretrainedWeights
+from chest_ct_classifier.model.architecture import build_classifier
+from chest_ct_classifier.model.pretrained_weights import PretrainedWeights
 
 logger = logging.getLogger(__name__)
 

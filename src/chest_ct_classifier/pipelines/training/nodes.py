@@ -11,29 +11,29 @@ import keras
 import numpy as np
 import pandas as pd
 
-from chest_ct_classifier.activation_cache import (
+from chest_ct_classifier.images.augmentation import augment, augmentation_model
+from chest_ct_classifier.images.labels import LABELS
+from chest_ct_classifier.images.preprocessing import decode_image, image_to_array, scale_for_vgg16
+from chest_ct_classifier.images.splitting import grouped_split
+from chest_ct_classifier.model.activation_cache import (
     cached_images,
     content_probabilities,
     contents_of,
 )
-from chest_ct_classifier.augmentation import augment, augmentation_model
-from chest_ct_classifier.calibration import (
-    apply_temperature,
-    fit_temperature,
-    negative_log_likelihood,
-    scale_probabilities,
-)
-from chest_ct_classifier.labels import LABELS
-from chest_ct_classifier.model_architecture import (
+from chest_ct_classifier.model.architecture import (
     CACHED_LAYER,
     FEATURE_LAYER,
     feature_extractor,
     image_size_of,
     model_after,
 )
-from chest_ct_classifier.preprocessing import decode_image, image_to_array, scale_for_vgg16
-from chest_ct_classifier.splitting import grouped_split
-from chest_ct_classifier.two_phase_training import PhaseResult, train_two_phase
+from chest_ct_classifier.model.calibration import (
+    apply_temperature,
+    calibration_loss,
+    fit_temperature,
+    scale_probabilities,
+)
+from chest_ct_classifier.model.two_phase_training import PhaseResult, train_two_phase
 
 logger = logging.getLogger(__name__)
 
@@ -295,8 +295,8 @@ def calibrate_classifier(
         "fitted_on": fit_on,
         "subset": subset,
         "n_images": len(labels),
-        "nll_before": negative_log_likelihood(probabilities, labels),
-        "nll_after": negative_log_likelihood(calibrated, labels),
+        "nll_before": calibration_loss(probabilities, labels),
+        "nll_after": calibration_loss(calibrated, labels),
     }
     logger.info(
         "Temperature scaling on %d %s images: T = %.3f, NLL %.3f -> %.3f",

@@ -3,7 +3,7 @@ refit on train, calibrate on the hold-out's answers, write the int8 convolutions
 
 from kedro.pipeline import Pipeline, node, pipeline
 
-from chest_ct_classifier.precision import int8_feature_extractor
+from chest_ct_classifier.model.numeric_precision import int8_feature_extractor
 
 from .nodes import (
     cache_activations,

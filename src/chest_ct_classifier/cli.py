@@ -1,0 +1,91 @@
+"""Command line: ``chest-ct predict PATH...`` (also ``kedro predict`` and ``python -m
+chest_ct_classifier predict``) runs the batch inference pipeline on each path and prints one
+row per image.
+
+Kedro loads this module's ``cli`` group as the project's own commands, so ``kedro predict``
+works in the project too.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+import pandas as pd
+
+from chest_ct_classifier.images.labels import DISPLAY_NAMES, probability_columns
+
+PACKAGE = "chest_ct_classifier"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Chest CT cancer classifier (research tool, not a diagnosis)."""
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--project-path",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path.cwd,
+    show_default="the current folder",
+    help="The Kedro project whose trained model predicts.",
+)
+@click.option("--env", default=None, help="Kedro configuration environment (default: local).")
+def predict(paths: tuple[Path, ...], project_path: Path, env: str | None) -> None:
+    """Predict every image of each PATH (an image, a folder of any depth, or a .zip).
+
+    Runs the project's `inference` pipeline (the model in data/06_models, in the precision the
+    gate allows), writes data/07_model_output/predictions.csv for the last PATH, and prints
+    each image's label and probability, or why it could not be read.
+    """
+    tables = [_run_inference(path.resolve(), project_path.resolve(), env) for path in paths]
+    click.echo(format_predictions(pd.concat(tables, ignore_index=True)))
+
+
+def _run_inference(path: Path, project_path: Path, env: str | None) -> pd.DataFrame:
+    # Kedro is imported here: `chest-ct --help` should not wait for it.
+    from kedro.framework.session import KedroSession  # noqa: PLC0415
+    from kedro.framework.startup import bootstrap_project  # noqa: PLC0415
+
+    bootstrap_project(project_path)
+    with KedroSession.create(
+        project_path=project_path, env=env, runtime_params={"inference.input_path": str(path)}
+    ) as session:
+        session.run(pipeline_names=["inference"])
+        predictions = session.load_context().catalog.load("predictions")
+    single_file = path.is_file() and path.suffix.lower() != ".zip"
+    predictions["image"] = [
+        str(path) if single_file else os.path.join(path, image) for image in predictions["image"]
+    ]
+    return predictions
+
+
+def format_predictions(predictions: pd.DataFrame) -> str:
+    """A table a person reads: image, predicted type, its probability, or the error."""
+    rows = []
+    for _, row in predictions.iterrows():
+        error = row.get("error")
+        if isinstance(error, str) and error:
+            rows.append((row["image"], "-", "", f"unreadable: {error}"))
+            continue
+        probability = max(float(row[column]) for column in probability_columns())
+        label = row["label"]
+        shown = DISPLAY_NAMES.get(label, label) if isinstance(label, str) else "-"
+        rows.append((row["image"], shown, f"{probability:.3f}", ""))
+    header = ("image", "predicted", "probability", "note")
+    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(3)]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(line[:3], widths, strict=True))
+        + ("  " + line[3] if line[3] else "")
+        for line in [header, *rows]
+    ]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def main() -> None:
+    """The ``chest-ct`` console script."""
+    cli(prog_name="chest-ct")

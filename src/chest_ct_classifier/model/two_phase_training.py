@@ -1,0 +1,298 @@
+"""Two-phase training on cached activations: the head first, then block 5 with the head.
+
+Blocks 1-4 never change, so their activations are computed once per image and augmented view
+and cached (see the training pipeline's ``cache_activations``), together with the head's input
+vector (``FEATURE_LAYER``) computed with block 5 still frozen. Phase 1 trains only the head, on
+that cached vector of every view.
+Phase 2 unfreezes block 5 and trains it with the head from the cached block-4 activations, each
+epoch on one randomly chosen view per image: an epoch costs block 5 and the head, not VGG16.
+
+With a monitor set each phase stops early (patience) and restores its best epoch's weights; the
+chosen epoch counts can then be replayed on other data without a monitor (a refit).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+
+from chest_ct_classifier.model.architecture import (
+    CACHED_LAYER,
+    FEATURE_LAYER,
+    FINE_TUNED_BLOCK,
+    model_after,
+    set_block_trainable,
+)
+from chest_ct_classifier.model.batches import map_batches
+from chest_ct_classifier.scoring.metrics import macro_f1, negative_log_likelihood
+
+logger = logging.getLogger(__name__)
+
+MONITORS = ("loss", "macro_f1")
+
+
+@dataclass(frozen=True)
+class CachedImages:
+    """Cached activations of a set of images, and their labels.
+
+    Attributes:
+        activations: (N, h, w, c) output of ``CACHED_LAYER`` (block 4) for the original images.
+        features: (N, d) output of ``FEATURE_LAYER`` (block 5 frozen), same images.
+        labels: (N,) class indices into LABELS.
+        view_activations: (N, V, h, w, c) block-4 output of V augmented views of each image.
+        view_features: (N, V, d) the same for the same views.
+    """
+
+    activations: np.ndarray
+    features: np.ndarray
+    labels: np.ndarray
+    view_activations: np.ndarray | None = None
+    view_features: np.ndarray | None = None
+
+    @property
+    def n_views(self) -> int:
+        return 0 if self.view_activations is None else self.view_activations.shape[1]
+
+
+@dataclass
+class PhaseResult:
+    """What one phase did: epochs run, the epoch whose weights were kept (0: none, the phase
+    only made the monitored score worse), per-epoch scores, and the monitor's scores before the
+    first epoch."""
+
+    epochs_run: int = 0
+    best_epoch: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    start: dict[str, float] | None = None
+
+    def scores_kept(self) -> dict[str, float] | None:
+        """The scores of the weights kept: those of ``best_epoch``, or the start."""
+        return self.history[self.best_epoch - 1] if self.best_epoch else self.start
+
+
+def balanced_class_weights(labels: np.ndarray) -> dict[int, float]:
+    """Weights that make every present class count as much as the others: n / (k * n_class)."""
+    classes, counts = np.unique(labels, return_counts=True)
+    return {
+        int(c): float(len(labels) / (len(classes) * n))
+        for c, n in zip(classes, counts, strict=True)
+    }
+
+
+def scores(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    """Mean negative log-likelihood, accuracy and macro-F1 of predicted probabilities."""
+    predicted = probabilities.argmax(axis=1)
+    return {
+        "loss": negative_log_likelihood(probabilities, labels),
+        "accuracy": float(np.mean(predicted == labels)),
+        "macro_f1": macro_f1(labels, predicted),
+    }
+
+
+def predict_in_batches(network: keras.Model, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+    """``network`` applied to ``inputs`` batch by batch (no per-call ``predict`` overhead)."""
+    return map_batches(
+        lambda batch: network.predict_on_batch(batch.astype(np.float32)),
+        inputs,
+        batch_size,
+        network.output_shape[1:],
+    )
+
+
+def _start_normalization_from(head: keras.Model, features: np.ndarray) -> None:
+    """Start the head's batch normalization of the features from their own mean and variance.
+
+    VGG16's pooled activations reach the hundreds: with the default statistics (0 and 1) the
+    head's inference-mode answers stay saturated until the moving averages catch up, and the
+    first epochs look far worse on the monitor images than the head really is.
+    """
+    for layer in head.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            if tuple(layer.moving_mean.shape) == features.shape[1:]:
+                layer.moving_mean.assign(features.mean(axis=0))
+                layer.moving_variance.assign(features.var(axis=0))
+            return  # only the first one normalizes the features themselves
+
+
+def train_two_phase(
+    model: keras.Model,
+    train: CachedImages,
+    parameters: dict[str, Any],
+    monitor: CachedImages | None = None,
+    epochs: tuple[int, int] | None = None,
+) -> tuple[keras.Model, dict[str, PhaseResult]]:
+    """Train a copy of ``model``: the head on cached features, then block 5 and the head.
+
+    Args:
+        model: the prepared classifier; left unchanged (Keras' global seeds are reset).
+        train: cached activations of the training images (views are used when present).
+        parameters: ``batch_size``, ``seed``, ``class_weights`` (``balanced`` or ``none``),
+            ``early_stopping.monitor`` (``loss`` or ``macro_f1``), and per phase (``phase1``,
+            ``phase2``) ``max_epochs``, ``patience`` and ``learning_rate``.
+        monitor: images to score after every epoch; they decide early stopping unless
+            ``epochs`` is given, in which case they are only reported.
+        epochs: run exactly this many epochs in (phase 1, phase 2), no early stopping.
+
+    Returns:
+        The trained copy (block 5 frozen again) and the result of each phase.
+    """
+    if len(train.labels) == 0:
+        raise ValueError("no training images")
+    seed = int(parameters["seed"])
+    keras.utils.set_random_seed(seed)
+    trained = keras.models.clone_model(model)
+    trained.set_weights(model.get_weights())
+    weighting = parameters.get("class_weights", "balanced")
+    if weighting not in ("balanced", "none"):
+        raise ValueError(f"class_weights must be 'balanced' or 'none', got {weighting!r}")
+    class_weight = balanced_class_weights(train.labels) if weighting == "balanced" else None
+    n_views = train.n_views
+    batch_size = int(parameters["batch_size"])
+    stop_on = parameters["early_stopping"]["monitor"]
+    if stop_on not in MONITORS:
+        raise ValueError(f"early_stopping.monitor must be one of {MONITORS}, got {stop_on!r}")
+
+    # Phase 1: every view of every image in each epoch (the head is cheap).
+    head = model_after(trained, FEATURE_LAYER)
+    phase1_inputs = (
+        np.concatenate([train.features[:, None], train.view_features], axis=1)
+        if n_views
+        else train.features[:, None]
+    ).reshape(-1, *train.features.shape[1:])
+    _start_normalization_from(head, phase1_inputs)
+    phase1 = _run_phase(
+        "phase 1 (head)",
+        head,
+        lambda epoch: phase1_inputs,
+        np.repeat(train.labels, n_views + 1),
+        None if monitor is None else (monitor.features, monitor.labels),
+        parameters["phase1"],
+        epochs[0] if epochs else None,
+        batch_size,
+        class_weight,
+        stop_on,
+    )
+
+    # Phase 2: block 5 and the head, one random view (or the original) per image and epoch.
+    # Batch normalization stays in inference mode (frozen statistics, as Keras' fine-tuning
+    # guide advises): re-estimating them while block 5 moves shifts what the head was fitted on.
+    set_block_trainable(trained, FINE_TUNED_BLOCK, True)
+    normalizations = {
+        layer: layer.trainable
+        for layer in trained.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    }
+    for layer in normalizations:
+        layer.trainable = False
+    tail = model_after(trained, CACHED_LAYER)
+    choices = np.random.default_rng(seed)
+
+    def one_view_per_image(epoch: int) -> np.ndarray:
+        if not n_views:
+            return train.activations
+        chosen = choices.integers(0, n_views + 1, size=len(train.labels))
+        batch = train.activations.astype(np.float32, copy=True)
+        augmented = chosen > 0
+        batch[augmented] = train.view_activations[np.flatnonzero(augmented), chosen[augmented] - 1]
+        return batch
+
+    phase2 = _run_phase(
+        "phase 2 (block 5 + head)",
+        tail,
+        one_view_per_image,
+        train.labels,
+        None if monitor is None else (monitor.activations, monitor.labels),
+        parameters["phase2"],
+        epochs[1] if epochs else None,
+        batch_size,
+        class_weight,
+        stop_on,
+    )
+    set_block_trainable(trained, FINE_TUNED_BLOCK, False)
+    for layer, trainable in normalizations.items():
+        layer.trainable = trainable
+    return trained, {"phase1": phase1, "phase2": phase2}
+
+
+def _run_phase(
+    name: str,
+    network: keras.Model,
+    epoch_inputs: Callable[[int], np.ndarray],
+    labels: np.ndarray,
+    monitor: tuple[np.ndarray, np.ndarray] | None,
+    parameters: dict[str, Any],
+    fixed_epochs: int | None,
+    batch_size: int,
+    class_weight: dict[int, float] | None,
+    stop_on: str,
+) -> PhaseResult:
+    network.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=float(parameters["learning_rate"])),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    early_stopping = fixed_epochs is None and monitor is not None
+    max_epochs = int(parameters["max_epochs"]) if fixed_epochs is None else int(fixed_epochs)
+    patience = int(parameters["patience"])
+    result = PhaseResult()
+
+    def monitored() -> dict[str, float]:
+        probabilities = predict_in_batches(network, monitor[0], batch_size)
+        return {f"monitor_{k}": v for k, v in scores(monitor[1], probabilities).items()}
+
+    def score_of(record: dict[str, float]) -> float:
+        return record[f"monitor_{stop_on}"] * (-1 if stop_on == "loss" else 1)
+
+    best_score, best_weights, waited = -np.inf, None, 0
+    if early_stopping:
+        # The weights the phase starts from compete too: a phase may only make things worse.
+        result.start = monitored()
+        best_score, best_weights = score_of(result.start), network.get_weights()
+        logger.info(
+            "%s, before the first epoch: %s",
+            name, ", ".join(f"{k}={v:.4f}" for k, v in result.start.items()),
+        )  # fmt: skip
+    for epoch in range(1, max_epochs + 1):
+        fitted = network.fit(
+            epoch_inputs(epoch),
+            labels,
+            batch_size=batch_size,
+            epochs=1,
+            shuffle=True,
+            class_weight=class_weight,
+            verbose=0,
+        )
+        record = {
+            "train_loss": float(fitted.history["loss"][-1]),
+            "train_accuracy": float(fitted.history["accuracy"][-1]),
+        }
+        if monitor is not None:
+            record |= monitored()
+        result.history.append(record)
+        result.epochs_run = epoch
+        logger.info(
+            "%s, epoch %d: %s", name, epoch, ", ".join(f"{k}={v:.4f}" for k, v in record.items())
+        )
+        if not early_stopping:
+            result.best_epoch = epoch
+            continue
+        score = score_of(record)
+        if score > best_score:
+            best_score, best_weights, waited = score, network.get_weights(), 0
+            result.best_epoch = epoch
+        else:
+            waited += 1
+            if waited >= patience:
+                break
+    if early_stopping:
+        network.set_weights(best_weights)
+        logger.info(
+            "%s: kept epoch %d of %d (best monitor %s)",
+            name, result.best_epoch, result.epochs_run, stop_on,
+        )  # fmt: skip
+    return result

@@ -1,0 +1,1 @@
+"""The MLflow model registry: which registered version is the champion, and why."""

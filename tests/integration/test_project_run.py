@@ -1,0 +1,281 @@
+"""The whole project, run as a user runs it: ``kedro run`` then batch inference, via the CLI.
+
+Runs in a temporary copy of the project (conf, bundled sample) in the committed ``conf/test``
+environment (64 px images, a few epochs, one augmented view, the offline HED weights), then
+checks the files, the MLflow run, the registered model and its champion gate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from chest_ct_classifier.datasets.keras_model_dataset import KerasModelDataset
+from chest_ct_classifier.images.labels import LABELS, probability_columns
+from chest_ct_classifier.images.preprocessing import preprocess_image_bytes
+from chest_ct_classifier.model.numeric_precision import forward_for, select_forward
+from tests.conftest import PROJECT_ROOT, run_tool
+
+pytestmark = pytest.mark.slow
+
+
+def _kedro(project: Path, *args: str) -> subprocess.CompletedProcess:
+    return run_tool(project, "kedro", *args)
+
+
+def _answers_of_the_served_path(project: Path, inputs: np.ndarray, precision: str) -> np.ndarray:
+    """The project's model answering ``inputs`` (one batch) in the precision the served model
+    uses: ``auto`` is decided by the run's own precision gate, as serving decides it. On a CPU
+    with bfloat16 instructions the gate may allow bf16 on the sample, so comparing with fp32's
+    answers would only hold to bf16's rounding; the same path gives the same numbers."""
+    models = project / "data" / "06_models"
+    model = KerasModelDataset(str(models / "classifier.keras")).load()
+    int8_model = (models / "classifier_int8.tflite").read_bytes()
+    if precision == "auto":
+        gate = json.loads((models / "precision_gate.json").read_text())
+        forward, _, _ = select_forward(model, "auto", int8_model, gate)
+    else:
+        forward = forward_for(model, precision, int8_model)
+    return forward(inputs)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A copy of the project after ``kedro run --env test``."""
+    root = tmp_path_factory.mktemp("project")
+    for item in ("pyproject.toml", ".telemetry", "conf"):
+        source = PROJECT_ROOT / item
+        if source.is_dir():
+            shutil.copytree(source, root / item, ignore=shutil.ignore_patterns("local"))
+        else:
+            shutil.copy2(source, root / item)
+    (root / "conf" / "local").mkdir()
+    shutil.copytree(PROJECT_ROOT / "src", root / "src", ignore=shutil.ignore_patterns("*.egg-info"))
+    (root / "logs").mkdir()
+    shutil.copytree(PROJECT_ROOT / "data" / "01_raw" / "sample", root / "data/01_raw/sample")
+    _kedro(root, "run", "--env", "test")
+    return root
+
+
+def test_default_run_leaves_model_metrics_and_plots(project):
+    assert (project / "data/06_models/untrained_model.keras").is_file()
+    assert (project / "data/06_models/classifier.keras").is_file()
+    assert (project / "data/08_reporting/confusion_matrix.png").stat().st_size > 1000
+    metrics = json.loads((project / "data/08_reporting/metrics.json").read_text())
+    assert metrics["weights"]["used"] == "hed_bsds500"
+    for split in ("valid", "test"):
+        scores = metrics["splits"][split]
+        assert scores["n_images"] == 12
+        assert 0.0 <= scores["accuracy"] <= 1.0 and 0.0 <= scores["macro_f1"] <= 1.0
+        assert set(scores["per_class"]) == set(LABELS)
+    assert set(metrics["leak_free"]) == {"valid", "test"}
+    assert metrics["calibration"]["fitted_on"] == "holdout"
+    holdout = json.loads((project / "data/06_models/holdout_predictions.json").read_text())
+    assert metrics["calibration"]["n_images"] == len(holdout["labels"]) > 0
+    assert 0.0 <= metrics["splits"]["test"]["ece"] <= 1.0
+    assert (project / "data/08_reporting/reliability.png").stat().st_size > 1000
+    assert (project / "data/08_reporting/grad_cam_examples.png").stat().st_size > 1000
+    quality = json.loads((project / "data/08_reporting/data_quality.json").read_text())
+    assert quality["format_mismatches"] == [
+        {"path": "Data/train/normal/n7.png", "extension": ".png", "format": "JPEG"}
+    ]
+    assert "# Data quality report" in (project / "data/08_reporting/data_quality.md").read_text()
+    index = pd.read_csv(project / "data/02_intermediate/image_index.csv")
+    assert len(index) == 56 and index["readable"].all()
+    assert "Data/train/normal/n7.png" in set(index["path"])
+    assert (project / "logs/info.log").read_text().count("Completed node") >= 7
+
+
+def _client(project: Path) -> mlflow.MlflowClient:
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def test_mlflow_run_has_params_epoch_metrics_weights_tag_and_registered_model(project, tmp_path):
+    client = _client(project)
+    (run,) = mlflow.search_runs(experiment_names=["chest-ct-classifier"], output_format="list")
+    assert run.info.status == "FINISHED"
+    assert run.data.params["training.phase1.max_epochs"] == "4"
+    assert run.data.params["model_preparation.image_size"] == "64"
+    assert run.data.tags["weights_used"] == "hed_bsds500"
+    schedule = json.loads((project / "data/06_models/training_schedule.json").read_text())
+    history = client.get_metric_history(run.info.run_id, "epoch.phase1_train_loss")
+    assert [m.step for m in history] == list(range(1, schedule["phase1_epochs"] + 1))
+    phase2 = client.get_metric_history(run.info.run_id, "epoch.phase2_valid_accuracy")
+    assert len(phase2) == schedule["phase2_epochs"]
+    assert client.get_metric_history(run.info.run_id, "selection.phase1_monitor_loss")
+    for name in ("test_macro_f1", "valid_balanced_accuracy", "valid_leak_free_accuracy"):
+        assert name in run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"metrics.json", "confusion_matrix.png", "reliability.png", "roc.png",
+            "grad_cam_examples.png", "data_quality.json", "training_schedule.json",
+            } <= artifacts  # fmt: skip
+    assert run.data.metrics["temperature"] > 0
+    (version,) = client.search_model_versions("name='chest-ct-classifier'")
+    assert version.run_id == run.info.run_id
+    assert client.get_model_version_by_alias("chest-ct-classifier", "champion").version == (
+        version.version
+    )
+    assert version.tags["champion_gate.decision"] == "promoted"
+    # the package travels with the model, so it loads outside the project
+    model = Path(
+        mlflow.artifacts.download_artifacts(
+            f"models:/chest-ct-classifier/{version.version}", dst_path=str(tmp_path)
+        )
+    )
+    assert (model / "code" / "chest_ct_classifier" / "images" / "preprocessing.py").is_file()
+    assert (model / "artifacts" / "classifier.keras").is_file()
+
+
+def test_registered_model_predicts_images_outside_the_project(project, sample_images, tmp_path):
+    import base64
+
+    paths = [p for p in sample_images if p.startswith("Data/test/")]
+    request = pd.DataFrame(
+        {"image": [base64.b64encode(sample_images[p]).decode("ascii") for p in paths]}
+    )
+    request.to_json(tmp_path / "request.json", orient="split", index=False)
+    script = (
+        "import sys, mlflow, pandas as pd\n"
+        f"mlflow.set_tracking_uri('sqlite:///{project / 'mlflow.db'}')\n"
+        "model = mlflow.pyfunc.load_model('models:/chest-ct-classifier@champion')\n"
+        "request = pd.read_json(sys.argv[1], orient='split')\n"
+        "model.predict(request).to_csv(sys.argv[2], index=False)\n"
+        "import chest_ct_classifier\n"
+        "print(chest_ct_classifier.__file__)\n"
+    )
+    result = run_tool(tmp_path, "python", "-c", script, "request.json", "served.csv")
+    # the package came with the model (code_paths), not from this checkout
+    assert "/code/chest_ct_classifier/" in result.stdout.strip().splitlines()[-1]
+    served = pd.read_csv(tmp_path / "served.csv")
+    assert list(served["image"]) == list(range(len(paths)))
+    assert served["error"].isna().all() and set(served["label"]) <= set(LABELS)
+    # the same answers as the project's calibrated model on the same preprocessing, in the
+    # precision the run's gate chose (inference.precision: auto), in one batch as served
+    inputs = np.stack([preprocess_image_bytes(sample_images[p], 64) for p in paths])
+    expected = _answers_of_the_served_path(project, inputs, "auto")
+    np.testing.assert_allclose(served[probability_columns()].to_numpy(), expected, atol=1e-5)
+
+
+def test_a_second_run_is_registered_but_the_gate_keeps_an_equal_champion(project):
+    # DVC's evaluation stage registers too; the same model scores the same: a tie keeps it
+    _kedro(project, "run", "--env", "test", "--pipelines", "evaluation")
+    client = _client(project)
+    versions = sorted(
+        client.search_model_versions("name='chest-ct-classifier'"), key=lambda v: int(v.version)
+    )
+    assert [int(v.version) for v in versions] == [1, 2]
+    second = versions[-1]
+    assert second.tags["champion_gate.decision"] == "kept_champion"
+    assert (
+        second.tags["champion_gate.candidate_value"] == second.tags["champion_gate.champion_value"]
+    )
+    champion = client.get_model_version_by_alias("chest-ct-classifier", "champion")
+    assert str(champion.version) == str(versions[0].version)
+
+
+def test_inference_predicts_an_unseen_nested_folder_with_a_corrupt_file(project, sample_images):
+    unseen = project / "unseen"
+    chosen = [p for p in sample_images if p.startswith("Data/test/")][:4]
+    targets = ["scan 1 (copy).png", "a/b/c/odd name [2].PNG", "a/x.y.z.jpg", "deep/er/n.png"]
+    for source, target in zip(chosen, targets, strict=True):
+        (unseen / target).parent.mkdir(parents=True, exist_ok=True)
+        (unseen / target).write_bytes(sample_images[source])
+    (unseen / "a" / "corrupt scan.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+
+    _kedro(
+        project,
+        "run",
+        "--env",
+        "test",
+        "--pipelines",
+        "inference",
+        "--params",
+        f"inference.input_path={unseen}",
+    )
+
+    predictions = pd.read_csv(project / "data/07_model_output/predictions.csv")
+    assert list(predictions.columns) == ["image", "label", *probability_columns(), "error"]
+    assert sorted(predictions["image"]) == sorted([*targets, "a/corrupt scan.png"])
+    corrupt = predictions.set_index("image").loc["a/corrupt scan.png"]
+    assert pd.isna(corrupt["label"]) and "not a readable image" in corrupt["error"]
+    readable = predictions[predictions["error"].isna()]
+    assert len(readable) == 4 and set(readable["label"]) <= set(LABELS)
+    assert readable[probability_columns()].sum(axis=1).round(4).eq(1.0).all()
+
+
+def test_notebook_loads_metrics_and_predictions_from_the_catalog(project):
+    shutil.copytree(PROJECT_ROOT / "notebooks", project / "notebooks", dirs_exist_ok=True)
+    run_tool(
+        project, "jupyter", "nbconvert", "--to", "notebook", "--execute",
+        "--output-dir", str(project / "executed"), "notebooks/explore_results.ipynb",
+        KEDRO_ENV="test",
+    )  # fmt: skip
+    executed = json.loads((project / "executed" / "explore_results.ipynb").read_text())
+    outputs = json.dumps([cell.get("outputs", []) for cell in executed["cells"]])
+    assert "VGG16 weights used: hed_bsds500" in outputs
+    assert "macro_f1" in outputs
+
+
+_SERVE_SCRIPT = """
+import json, sys
+from chest_ct_classifier.serving import create_app
+client = create_app().test_client()
+health = client.get("/health")
+image = open(sys.argv[1], "rb").read()
+answer = client.post("/predict", data={"file": (__import__("io").BytesIO(image), "x.png")})
+print(json.dumps({"health": health.get_json(), "status": health.status_code,
+                  "answer": answer.get_json()}))
+"""
+
+
+@pytest.mark.parametrize("source", ["catalog", "registry"])
+def test_web_app_serves_the_trained_model_from_the_catalog_or_the_registry(
+    project, sample_root, source
+):
+    """The app as configured by environment: the project's catalog file by default, or the
+    registered champion (``CHEST_CT_MODEL_URI``) from the project's MLflow store."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "CHEST_CT_"))}
+    env["CHEST_CT_PROJECT_PATH"] = str(project)
+    if source == "registry":
+        env["CHEST_CT_MODEL_URI"] = "models:/chest-ct-classifier@champion"
+        env["MLFLOW_TRACKING_URI"] = f"sqlite:///{project / 'mlflow.db'}"
+    image = next((sample_root / "Data" / "test").rglob("*.png"))
+    result = subprocess.run(
+        [sys.executable, "-c", _SERVE_SCRIPT, str(image)],
+        cwd=project, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    served = json.loads(result.stdout.strip().splitlines()[-1])
+    assert served["status"] == 200, served
+    model = served["health"]["model"]
+    assert model["source"] == ("registry" if source == "registry" else "file")
+    assert model["weights"] == "hed_bsds500" and model["image_size"] == 64
+    # its record on held-out images: the same run's evaluation of the test split
+    report = json.loads((project / "data/08_reporting/metrics.json").read_text())["splits"]
+    assert model["measured"]["split"] == "test"
+    assert model["measured"]["accuracy"] == pytest.approx(report["test"]["accuracy"])
+    if source == "registry":
+        champion = _client(project).get_model_version_by_alias("chest-ct-classifier", "champion")
+        assert model["version"] == str(champion.version)
+    else:
+        assert model["measured"]["images"] == report["test"]["n_images"]
+    # the answer of the path it says it serves (the gate may allow bf16 or int8 on this CPU)
+    served_precision = model["precision"]["served"]
+    probabilities = _answers_of_the_served_path(
+        project, preprocess_image_bytes(image.read_bytes(), 64)[None], served_precision
+    )
+    np.testing.assert_allclose(
+        [served["answer"]["probabilities"][label] for label in LABELS], probabilities[0], atol=1e-5
+    )

@@ -1,0 +1,162 @@
+import numpy as np
+import pytest
+
+from chest_ct_classifier.images.labels import LABELS
+from chest_ct_classifier.model.architecture import (
+    CACHED_LAYER,
+    FEATURE_LAYER,
+    feature_extractor,
+    model_after,
+)
+from chest_ct_classifier.model.two_phase_training import (
+    CachedImages,
+    balanced_class_weights,
+    train_two_phase,
+)
+
+PARAMS = {
+    "batch_size": 8,
+    "seed": 3,
+    "class_weights": "balanced",
+    "early_stopping": {"monitor": "loss"},
+    "phase1": {"max_epochs": 4, "patience": 10, "learning_rate": 1e-2},
+    "phase2": {"max_epochs": 2, "patience": 10, "learning_rate": 1e-4},
+}
+
+
+def _cached(model, n: int, n_views: int, seed: int) -> CachedImages:
+    """Real activations of random 32 px inputs, labelled by class in turn."""
+    rng = np.random.default_rng(seed)
+    inputs = rng.normal(0, 60, size=(n * (1 + n_views), 32, 32, 3)).astype(np.float32)
+    activations = np.asarray(feature_extractor(model, CACHED_LAYER)(inputs))
+    features = np.asarray(model_after(model, CACHED_LAYER, until=FEATURE_LAYER)(activations))
+    shape = (n, 1 + n_views)
+    activations = activations.reshape(*shape, *activations.shape[1:])
+    features = features.reshape(*shape, *features.shape[1:])
+    return CachedImages(
+        activations[:, 0],
+        features[:, 0],
+        np.arange(n) % len(LABELS),
+        activations[:, 1:].astype(np.float16) if n_views else None,
+        features[:, 1:].astype(np.float16) if n_views else None,
+    )
+
+
+@pytest.fixture(scope="module")
+def data(tiny_model):
+    return _cached(tiny_model, 16, 2, seed=0), _cached(tiny_model, 8, 0, seed=1)
+
+
+def _changed_layers(before, after) -> set[str]:
+    return {
+        w.path.split("/")[0]
+        for w, v in zip(before.weights, after.weights, strict=True)
+        if not np.array_equal(w.numpy(), v.numpy())
+    }
+
+
+def test_phase_one_trains_the_head_and_phase_two_block_five_with_it(tiny_model, data):
+    train, _ = data
+    snapshot = [w.numpy().copy() for w in tiny_model.weights]
+    head_only, _ = train_two_phase(tiny_model, train, PARAMS, epochs=(2, 0))
+    assert _changed_layers(tiny_model, head_only) == {"head_norm", "head_hidden", "head_output"}
+    both, phases = train_two_phase(tiny_model, train, PARAMS, epochs=(2, 1))
+    changed = _changed_layers(tiny_model, both)
+    assert {"block5_conv1", "block5_conv2", "block5_conv3", "head_output"} <= changed
+    assert not any(name.startswith(("block1", "block2", "block3", "block4")) for name in changed)
+    assert (phases["phase1"].epochs_run, phases["phase2"].epochs_run) == (2, 1)
+    # the input model is left as it was, and block 5 is frozen again in the result
+    for weight, value in zip(tiny_model.weights, snapshot, strict=True):
+        np.testing.assert_array_equal(weight.numpy(), value)
+    assert not both.get_layer("block5_conv1").trainable
+
+
+def test_trained_model_on_images_equals_its_layers_on_cached_activations(tiny_model, data):
+    train, _ = data
+    trained, _ = train_two_phase(tiny_model, train, PARAMS, epochs=(1, 1))
+    x = np.random.default_rng(5).normal(0, 60, size=(3, 32, 32, 3)).astype(np.float32)
+    activations = feature_extractor(trained, CACHED_LAYER)(x)
+    np.testing.assert_allclose(
+        model_after(trained, CACHED_LAYER)(activations), trained(x), atol=1e-5
+    )
+
+
+def test_early_stopping_keeps_the_best_monitored_epoch(tiny_model, data):
+    train, monitor = data
+    params = {**PARAMS, "phase1": {**PARAMS["phase1"], "max_epochs": 6, "patience": 2}}
+    trained, phases = train_two_phase(tiny_model, train, params, monitor=monitor)
+    for phase in phases.values():
+        # the weights before the first epoch compete too (epoch 0)
+        losses = [phase.start["monitor_loss"]] + [r["monitor_loss"] for r in phase.history]
+        assert phase.best_epoch == int(np.argmin(losses))
+        assert phase.scores_kept()["monitor_loss"] == min(losses)
+        # it stops `patience` epochs after the best one, or at the last epoch allowed
+        assert phase.epochs_run in (phase.best_epoch + 2, len(losses) - 1)
+    # the weights kept are the best epoch's: scoring the monitor again gives its loss
+    probabilities = np.asarray(model_after(trained, CACHED_LAYER)(monitor.activations))
+    loss = -np.mean(np.log(probabilities[np.arange(8), monitor.labels]))
+    assert loss == pytest.approx(phases["phase2"].scores_kept()["monitor_loss"], rel=1e-4)
+
+
+def test_a_phase_that_only_makes_things_worse_keeps_its_starting_weights(tiny_model, data):
+    train, monitor = data
+    # a learning rate this large wrecks the head at once: no epoch beats the start
+    params = {**PARAMS, "phase1": {"max_epochs": 3, "patience": 2, "learning_rate": 50.0}}
+    params["phase2"] = {**PARAMS["phase2"], "max_epochs": 0}
+    trained, phases = train_two_phase(tiny_model, train, params, monitor=monitor)
+    assert phases["phase1"].best_epoch == 0 and phases["phase1"].epochs_run == 2
+    for before, after in zip(tiny_model.weights, trained.weights, strict=True):
+        if "moving_" in before.path:  # the start's normalization is the features' own
+            continue
+        np.testing.assert_array_equal(before.numpy(), after.numpy())
+    features = np.concatenate([train.features[:, None], train.view_features], axis=1)
+    features = features.reshape(-1, train.features.shape[1])
+    np.testing.assert_allclose(
+        trained.get_layer("head_norm").moving_mean.numpy(), features.mean(axis=0), rtol=1e-5
+    )
+
+
+def test_training_is_reproducible_with_a_seed(tiny_model, data):
+    train, monitor = data
+    _, first = train_two_phase(tiny_model, train, PARAMS, monitor=monitor, epochs=(2, 1))
+    _, second = train_two_phase(tiny_model, train, PARAMS, monitor=monitor, epochs=(2, 1))
+    assert first["phase2"].history == second["phase2"].history
+
+
+def test_without_views_every_epoch_sees_the_originals(tiny_model, data):
+    _, monitor = data
+    _, phases = train_two_phase(tiny_model, monitor, PARAMS, epochs=(1, 1))
+    assert phases["phase2"].epochs_run == 1
+
+
+def test_balanced_class_weights_make_each_class_count_equally():
+    labels = np.array([0, 0, 0, 1])
+    weights = balanced_class_weights(labels)
+    assert weights == {0: pytest.approx(4 / 6), 1: pytest.approx(2.0)}
+    assert weights[0] * 3 == pytest.approx(weights[1] * 1)
+
+
+def test_bad_settings_are_rejected(tiny_model, data):
+    train, _ = data
+    with pytest.raises(ValueError, match="monitor"):
+        train_two_phase(tiny_model, train, {**PARAMS, "early_stopping": {"monitor": "auc"}})
+    empty = CachedImages(train.activations[:0], train.features[:0], train.labels[:0])
+    with pytest.raises(ValueError, match="no training images"):
+        train_two_phase(tiny_model, empty, PARAMS)
+
+
+def test_batch_normalization_is_frozen_in_phase_two_and_its_flag_restored(tiny_model, data):
+    train, _ = data
+    head_only, _ = train_two_phase(tiny_model, train, PARAMS, epochs=(2, 0))
+    both, _ = train_two_phase(tiny_model, train, PARAMS, epochs=(2, 1))
+    for before, after in zip(
+        head_only.get_layer("head_norm").weights, both.get_layer("head_norm").weights, strict=True
+    ):
+        np.testing.assert_array_equal(before.numpy(), after.numpy())
+    assert both.get_layer("head_norm").trainable
+
+
+def test_an_unknown_class_weighting_is_refused(tiny_model, data):
+    train, _ = data
+    with pytest.raises(ValueError, match="class_weights"):
+        train_two_phase(tiny_model, train, {**PARAMS, "class_weights": "balance"})
