@@ -30,6 +30,7 @@ import keras
 import mlflow
 import numpy as np
 
+from chest_ct_classifier.config.training import AugmentationSettings
 from chest_ct_classifier.images.augmentation import augment, augmentation_model
 from chest_ct_classifier.images.labels import LABELS, label_from_folder
 from chest_ct_classifier.images.preprocessing import decode_image, image_to_array, scale_for_vgg16
@@ -113,8 +114,11 @@ def benchmark(
     blocks_1_to_4 = feature_extractor(model, CACHED_LAYER)
     block_5 = model_after(model, CACHED_LAYER, until=FEATURE_LAYER)
     views_model = augmentation_model(
-        {"horizontal_flip": True, "rotation_degrees": 10, "zoom": 0.1, "brightness": 0.1,
-         "contrast": 0.1}, seed=0,
+        AugmentationSettings(
+            views=views, horizontal_flip=True, rotation_degrees=10, zoom=0.1, stretch=0.0,
+            brightness=0.1, contrast=0.1,
+        ),
+        seed=0,
     )  # fmt: skip
 
     def build_cache() -> tuple[np.ndarray, np.ndarray]:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,6 +55,36 @@ def run_tool(cwd: Path, tool: str, *args: str, **env: str) -> subprocess.Complet
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return result
+
+
+def _merged(base: Any, overrides: Any) -> Any:
+    if isinstance(base, Mapping) and isinstance(overrides, Mapping):
+        return {**base, **{k: _merged(base.get(k), v) for k, v in overrides.items()}}
+    return overrides
+
+
+@functools.cache
+def _base_parameters() -> dict[str, Any]:
+    from kedro.config import OmegaConfigLoader
+
+    loader = OmegaConfigLoader(str(PROJECT_ROOT / "conf"), base_env="base", default_run_env="base")
+    return dict(loader["parameters"])
+
+
+def settings(key: str, overrides: Mapping[str, Any] | None = None) -> Any:
+    """The typed settings a node receives as ``params:<key>`` (e.g. ``training``): conf/base's
+    values with ``overrides`` merged in key by key, validated as a run validates them (a bad
+    value raises ParameterError)."""
+    from chest_ct_classifier.config.parameters import validate_parameters
+
+    *parents, last = key.split(".")
+    nested: dict[str, Any] = {last: overrides or {}}
+    for parent in reversed(parents):
+        nested = {parent: nested}
+    typed: Any = validate_parameters(_merged(_base_parameters(), nested))
+    for part in key.split("."):
+        typed = getattr(typed, part)
+    return typed
 
 
 @pytest.fixture(scope="session")

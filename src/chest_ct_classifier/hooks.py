@@ -1,5 +1,7 @@
 """Project hooks (registered in ``settings.HOOKS``).
 
+``ParameterValidationHook`` checks every parameter before the first node.
+
 ``ChampionGateHook`` applies the champion gate
 (:mod:`chest_ct_classifier.registry.champion_gate`) to the model version a successful
 ``kedro run`` registered.
@@ -28,6 +30,7 @@ import mlflow
 from kedro.framework.hooks import hook_impl
 from mlflow import MlflowClient
 
+from chest_ct_classifier.config.parameters import validate_parameters
 from chest_ct_classifier.registry.champion_gate import (
     CHAMPION_ALIAS,
     GATE_METRIC,
@@ -151,3 +154,16 @@ class NodeTimingHook:
                 total,
                 ", ".join(f"{name} {seconds:.0f} s" for name, seconds in slowest),
             )
+
+
+class ParameterValidationHook:
+    """Parameters are checked when the run's context is created, before kedro-mlflow opens a
+    run and before any node: an unknown key, a wrong type or a value outside its allowed set
+    stops ``kedro run`` in seconds with every problem named (``config.parameters``). Kedro
+    then gives each node its ``params:`` inputs as the settings models its type hints name."""
+
+    @hook_impl(tryfirst=True)
+    def after_context_created(self, context) -> None:
+        # the raw parameters, runtime --params included: Kedro's own per-node conversion
+        # (context.params) would report a subset of the problems, less plainly
+        validate_parameters(context.config_loader["parameters"])

@@ -5,7 +5,7 @@ import os
 from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
 
-from chest_ct_classifier.hooks import ChampionGateHook, NodeTimingHook
+from chest_ct_classifier.hooks import ChampionGateHook, NodeTimingHook, ParameterValidationHook
 
 # Telemetry tries the network at every command; this project runs offline by default.
 for _variable, _value in (
@@ -26,6 +26,7 @@ CONFIG_LOADER_ARGS = {
     "merge_strategy": {"parameters": "soft"},
 }
 
-# After a run that registered a model version: move the `champion` alias to it only if it beats
-# the champion's valid macro-F1 (see chest_ct_classifier.registry.champion_gate).
-HOOKS = (ChampionGateHook(), NodeTimingHook())
+# Parameters are validated before the first node (and nodes get typed settings); after a run
+# that registered a model version, the `champion` alias moves to it only if it beats the
+# champion's valid macro-F1 (chest_ct_classifier.registry.champion_gate).
+HOOKS = (ParameterValidationHook(), ChampionGateHook(), NodeTimingHook())

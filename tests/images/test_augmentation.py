@@ -1,15 +1,20 @@
 import numpy as np
 
+from chest_ct_classifier.config.training import AugmentationSettings
 from chest_ct_classifier.images.augmentation import augment, augmentation_model
 
-ALL = {
-    "horizontal_flip": True,
-    "rotation_degrees": 10,
-    "zoom": 0.1,
-    "stretch": 0.15,
-    "brightness": 0.1,
-    "contrast": 0.1,
-}
+NONE = {"views": 1, "horizontal_flip": False, "rotation_degrees": 0, "zoom": 0, "stretch": 0,
+        "brightness": 0, "contrast": 0}  # fmt: skip
+
+
+def _only(**switched_on) -> AugmentationSettings:
+    """Every transform off except those named."""
+    return AugmentationSettings(**{**NONE, **switched_on})
+
+
+ALL = _only(
+    horizontal_flip=True, rotation_degrees=10, zoom=0.1, stretch=0.15, brightness=0.1, contrast=0.1
+)
 
 
 def _images(n: int = 4) -> np.ndarray:
@@ -41,7 +46,7 @@ def test_successive_draws_give_new_views():
 
 def test_flip_only_mirrors_or_keeps_each_image():
     images = _images(16)
-    views = augment(images, augmentation_model({"horizontal_flip": True}, seed=3))
+    views = augment(images, augmentation_model(_only(horizontal_flip=True), seed=3))
     mirrored = [np.array_equal(v, i[:, ::-1]) for v, i in zip(views, images, strict=True)]
     kept = [np.array_equal(v, i) for v, i in zip(views, images, strict=True)]
     assert all(m or k for m, k in zip(mirrored, kept, strict=True))
@@ -50,14 +55,13 @@ def test_flip_only_mirrors_or_keeps_each_image():
 
 def test_everything_off_is_the_identity():
     images = _images()
-    off = {"horizontal_flip": False, "rotation_degrees": 0, "zoom": 0}
-    np.testing.assert_array_equal(augment(images, augmentation_model(off, seed=0)), images)
+    np.testing.assert_array_equal(augment(images, augmentation_model(_only(), seed=0)), images)
 
 
 def test_stretch_changes_the_width_only():
     square = np.zeros((8, 32, 32, 3), dtype=np.uint8)
     square[:, 8:24, 8:24] = 255
-    views = augment(square, augmentation_model({"stretch": 0.3}, seed=4))
+    views = augment(square, augmentation_model(_only(stretch=0.3), seed=4))
     rows = {tuple(np.flatnonzero(v.max(axis=(1, 2)) > 0)) for v in views}
     widths = {int((v.max(axis=(0, 2)) > 0).sum()) for v in views}
     assert rows == {tuple(range(8, 24))}  # height untouched

@@ -9,7 +9,7 @@ import pytest
 
 from chest_ct_classifier.datasets.image_source_dataset import ImageSourceDataset
 from chest_ct_classifier.pipelines.data_ingestion.nodes import assess_data_quality, index_images
-from tests.conftest import FULL_ARCHIVE
+from tests.conftest import FULL_ARCHIVE, settings
 
 pytestmark = [
     pytest.mark.full_data,
@@ -18,11 +18,16 @@ pytestmark = [
         not FULL_ARCHIVE.is_file(), reason=f"full archive not found at {FULL_ARCHIVE}"
     ),
 ]
-PARAMS = {
-    "source": str(FULL_ARCHIVE),
-    "near_duplicate_max_distance": 2,
-    "split": {"mode": "auto", "ratios": {"train": 0.7, "valid": 0.15, "test": 0.15}, "seed": 42},
-}
+PARAMS = settings(
+    "data_ingestion",
+    {
+        "source": str(FULL_ARCHIVE),
+        "near_duplicate_max_distance": 2,
+        "split": {
+            "mode": "auto", "ratios": {"train": 0.7, "valid": 0.15, "test": 0.15}, "seed": 42,
+        },
+    },
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 
 from chest_ct_classifier.datasets.keras_model_dataset import KerasModelDataset
-from chest_ct_classifier.images.labels import LABELS, probability_columns
+from chest_ct_classifier.images.labels import DISPLAY_NAMES, LABELS, probability_columns
 from chest_ct_classifier.images.preprocessing import preprocess_image_bytes
 from chest_ct_classifier.model.numeric_precision import forward_for, select_forward
 from tests.conftest import PROJECT_ROOT, run_tool
@@ -213,6 +213,22 @@ def test_inference_predicts_an_unseen_nested_folder_with_a_corrupt_file(project,
     readable = predictions[predictions["error"].isna()]
     assert len(readable) == 4 and set(readable["label"]) <= set(LABELS)
     assert readable[probability_columns()].sum(axis=1).round(4).eq(1.0).all()
+
+
+def test_the_command_line_predicts_a_file_and_a_folder_and_prints_a_table(project, sample_root):
+    image = sorted((sample_root / "Data" / "test").rglob("*.png"))[0]
+    folder = sample_root / "Data" / "test"
+    result = run_tool(project, "chest-ct", "predict", str(image), str(folder))
+    lines = result.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["image", "predicted"])
+    rows = [line for line in lines[start + 2 :] if line.strip()]
+    n_folder = len([p for p in folder.rglob("*") if p.suffix.lower() in {".png", ".jpg"}])
+    assert len(rows) == 1 + n_folder
+    assert rows[0].startswith(str(image))
+    assert all(any(name in row for name in DISPLAY_NAMES.values()) for row in rows)
+    # batch inference wrote the last path's predictions, as `kedro run --pipelines inference`
+    predictions = pd.read_csv(project / "data/07_model_output/predictions.csv")
+    assert len(predictions) == n_folder
 
 
 def test_notebook_loads_metrics_and_predictions_from_the_catalog(project):

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from chest_ct_classifier.config.parameters import ParameterError
 from chest_ct_classifier.images.labels import LABELS
 from chest_ct_classifier.model.architecture import (
     CACHED_LAYER,
@@ -13,8 +14,9 @@ from chest_ct_classifier.model.two_phase_training import (
     balanced_class_weights,
     train_two_phase,
 )
+from tests.conftest import settings
 
-PARAMS = {
+OVERRIDES = {
     "batch_size": 8,
     "seed": 3,
     "class_weights": "balanced",
@@ -22,6 +24,7 @@ PARAMS = {
     "phase1": {"max_epochs": 4, "patience": 10, "learning_rate": 1e-2},
     "phase2": {"max_epochs": 2, "patience": 10, "learning_rate": 1e-4},
 }
+PARAMS = settings("training", OVERRIDES)
 
 
 def _cached(model, n: int, n_views: int, seed: int) -> CachedImages:
@@ -83,7 +86,7 @@ def test_trained_model_on_images_equals_its_layers_on_cached_activations(tiny_mo
 
 def test_early_stopping_keeps_the_best_monitored_epoch(tiny_model, data):
     train, monitor = data
-    params = {**PARAMS, "phase1": {**PARAMS["phase1"], "max_epochs": 6, "patience": 2}}
+    params = settings("training", {**OVERRIDES, "phase1": {"max_epochs": 6, "patience": 2}})
     trained, phases = train_two_phase(tiny_model, train, params, monitor=monitor)
     for phase in phases.values():
         # the weights before the first epoch compete too (epoch 0)
@@ -101,8 +104,14 @@ def test_early_stopping_keeps_the_best_monitored_epoch(tiny_model, data):
 def test_a_phase_that_only_makes_things_worse_keeps_its_starting_weights(tiny_model, data):
     train, monitor = data
     # a learning rate this large wrecks the head at once: no epoch beats the start
-    params = {**PARAMS, "phase1": {"max_epochs": 3, "patience": 2, "learning_rate": 50.0}}
-    params["phase2"] = {**PARAMS["phase2"], "max_epochs": 0}
+    params = settings(
+        "training",
+        {
+            **OVERRIDES,
+            "phase1": {"max_epochs": 3, "patience": 2, "learning_rate": 50.0},
+            "phase2": {"max_epochs": 0},
+        },
+    )
     trained, phases = train_two_phase(tiny_model, train, params, monitor=monitor)
     assert phases["phase1"].best_epoch == 0 and phases["phase1"].epochs_run == 2
     for before, after in zip(tiny_model.weights, trained.weights, strict=True):
@@ -138,8 +147,10 @@ def test_balanced_class_weights_make_each_class_count_equally():
 
 def test_bad_settings_are_rejected(tiny_model, data):
     train, _ = data
-    with pytest.raises(ValueError, match="monitor"):
-        train_two_phase(tiny_model, train, {**PARAMS, "early_stopping": {"monitor": "auc"}})
+    with pytest.raises(
+        ParameterError, match=r"early_stopping.monitor = 'auc'.*'loss' or 'macro_f1'"
+    ):
+        settings("training", {"early_stopping": {"monitor": "auc"}})
     empty = CachedImages(train.activations[:0], train.features[:0], train.labels[:0])
     with pytest.raises(ValueError, match="no training images"):
         train_two_phase(tiny_model, empty, PARAMS)
@@ -156,7 +167,6 @@ def test_batch_normalization_is_frozen_in_phase_two_and_its_flag_restored(tiny_m
     assert both.get_layer("head_norm").trainable
 
 
-def test_an_unknown_class_weighting_is_refused(tiny_model, data):
-    train, _ = data
-    with pytest.raises(ValueError, match="class_weights"):
-        train_two_phase(tiny_model, train, {**PARAMS, "class_weights": "balance"})
+def test_an_unknown_class_weighting_is_refused():
+    with pytest.raises(ParameterError, match=r"class_weights = 'balance'"):
+        settings("training", {"class_weights": "balance"})

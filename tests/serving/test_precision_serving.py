@@ -23,7 +23,7 @@ from chest_ct_classifier.model.numeric_precision import (
     choose_precision,
     int8_feature_extractor,
 )
-from tests.conftest import PROJECT_ROOT, SAMPLE_ROOT
+from tests.conftest import PROJECT_ROOT, SAMPLE_ROOT, settings
 
 from .conftest import SERVED_IMAGE_SIZE
 
@@ -61,8 +61,11 @@ def model_files(trained_model_path: Path, tmp_path_factory) -> dict:
          "label_conflict": False}
     )  # fmt: skip
     images = {r: (lambda p=p: p.read_bytes()) for r, p in zip(relative, files, strict=True)}
-    params = {"min_agreement": 0.99, "max_accuracy_drop": 0.01, "batch_size": 8,
-              "timing_batch_size": 4, "timing_repeats": 1}  # fmt: skip
+    params = settings(
+        "evaluation",
+        {"precision_gate": {"min_agreement": 0.99, "max_accuracy_drop": 0.01, "batch_size": 8,
+                            "timing_batch_size": 4, "timing_repeats": 1}},
+    )  # fmt: skip
     gate, _ = check_reduced_precisions(model, int8, images, table, params)
     return {"folder": folder, "model": model, "int8": int8, "gate": gate}
 

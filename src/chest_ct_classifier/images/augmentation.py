@@ -8,41 +8,41 @@ the same images, parameters and seed give the same views.
 
 from __future__ import annotations
 
-from typing import Any
-
 import keras
 import numpy as np
 
+from chest_ct_classifier.config.training import AugmentationSettings
 
-def augmentation_model(parameters: dict[str, Any], seed: int) -> keras.Sequential:
+
+def augmentation_model(settings: AugmentationSettings, seed: int) -> keras.Sequential:
     """Random transforms of uint8-range RGB batches (N, H, W, 3), float32 0-255 out.
 
     Args:
-        parameters: ``horizontal_flip`` (bool), ``rotation_degrees``, ``zoom`` (fraction, both
-            ways), ``stretch`` (fraction by which the width changes against the height: the
-            pictures of one class come in different aspect ratios), ``brightness`` and
-            ``contrast`` (fractions); 0 or absent switches a transform off.
-            Areas moved into view are filled with black, the CT background.
+        settings: ``horizontal_flip``, ``rotation_degrees``, ``zoom`` (fraction, both ways),
+            ``stretch`` (fraction by which the width changes against the height: the pictures
+            of one class come in different aspect ratios), ``brightness`` and ``contrast``
+            (fractions); 0 switches a transform off. Areas moved into view are filled with
+            black, the CT background.
         seed: seed of the random draws.
     """
     layers: list[keras.layers.Layer] = []
-    if parameters.get("horizontal_flip", False):
+    if settings.horizontal_flip:
         layers.append(keras.layers.RandomFlip("horizontal", seed=seed))
-    if degrees := float(parameters.get("rotation_degrees", 0)):
+    if degrees := settings.rotation_degrees:
         layers.append(
             keras.layers.RandomRotation(degrees / 360.0, fill_mode="constant", seed=seed + 1)
         )
-    if zoom := float(parameters.get("zoom", 0)):
+    if zoom := settings.zoom:
         layers.append(keras.layers.RandomZoom((-zoom, zoom), fill_mode="constant", seed=seed + 2))
-    if stretch := float(parameters.get("stretch", 0)):
+    if stretch := settings.stretch:
         layers.append(
             keras.layers.RandomZoom(
                 (0.0, 0.0), (-stretch, stretch), fill_mode="constant", seed=seed + 5
             )
         )
-    if brightness := float(parameters.get("brightness", 0)):
+    if brightness := settings.brightness:
         layers.append(keras.layers.RandomBrightness(brightness, (0, 255), seed=seed + 3))
-    if contrast := float(parameters.get("contrast", 0)):
+    if contrast := settings.contrast:
         layers.append(keras.layers.RandomContrast(contrast, (0, 255), seed=seed + 4))
     return keras.Sequential(layers, name="augmentation")
 

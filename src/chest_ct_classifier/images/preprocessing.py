@@ -100,9 +100,10 @@ def image_to_array(image: Image.Image, image_size: int) -> np.ndarray:
     (bilinear), centred on black, the CT background; uint8 (H, W, 3).
 
     Stretching to a square would distort anatomy by an amount that depends on the picture's
-    source: in the public dataset's train split the cancer images are wider (median aspect
-    1.5) than the normal ones (1.3). The black bars still show the aspect ratio; training's
-    ``stretch`` augmentation blurs that cue.
+    source: in the public dataset the classes come from sources with different aspect ratios
+    (docs/data-quality.md), so a stretched image would teach the source's shape, not the
+    anatomy. The black bars still show the aspect ratio; training's ``stretch`` augmentation
+    blurs that cue.
     """
     width, height = image.size
     scale = image_size / max(width, height)

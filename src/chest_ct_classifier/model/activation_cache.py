@@ -1,12 +1,16 @@
-"""Reading the cached activations that the training pipeline's ``cache_activations`` writes.
+"""The activation cache: what the frozen layers computed once, for training and evaluation.
 
-The cache holds one entry per *content* (byte-identical files share one) and row arrays for
-every usable file, with ``content`` mapping a row to its content.
+``cache_activations`` (training pipeline) builds an :class:`ActivationCache`; the catalog's
+``ActivationCacheDataset`` stores it as an ``.npz`` of plain arrays (never a pickle: loading
+runs no code). Byte-identical files share one *content*: rows describe files, contents hold the
+activations, ``content`` maps a row to its content.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import keras
 import numpy as np
@@ -15,46 +19,121 @@ from chest_ct_classifier.model.architecture import CACHED_LAYER, model_after
 from chest_ct_classifier.model.two_phase_training import CachedImages, predict_in_batches
 
 
-def contents_of(cache: dict[str, Any], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class ActivationCache:
+    """R usable files (rows, sorted by path), C distinct contents, A contents with V augmented
+    views each (the train and valid contents without a label conflict).
+
+    Attributes:
+        path: (R,) str, the file's path inside the source.
+        split: (R,) str, ``train``, ``valid`` or ``test``.
+        label: (R,) int64, index into LABELS.
+        sha256: (R,) str, of the file's bytes.
+        group: (R,) int64, near-duplicate group (data ingestion).
+        copy_in_train: (R,) bool, an exact or near copy of the file is in train.
+        label_conflict: (R,) bool, an exact copy carries another label.
+        content: (R,) int64, the row's content index into ``activations``.
+        activations: (C, h, w, c) float32, block 4's output (``CACHED_LAYER``).
+        features: (C, d) float32, the head's input vector with block 5 frozen.
+        view_content: (A,) int64, the contents that have augmented views.
+        view_activations: (A, V, h, w, c) float16, block 4's output of each view.
+        view_features: (A, V, d) float16, the head's input vector of each view.
+    """
+
+    path: np.ndarray
+    split: np.ndarray
+    label: np.ndarray
+    sha256: np.ndarray
+    group: np.ndarray
+    copy_in_train: np.ndarray
+    label_conflict: np.ndarray
+    content: np.ndarray
+    activations: np.ndarray
+    features: np.ndarray
+    view_content: np.ndarray
+    view_activations: np.ndarray
+    view_features: np.ndarray
+
+    def __post_init__(self) -> None:
+        rows = {name: len(getattr(self, name)) for name in _ROW_FIELDS}
+        if len(set(rows.values())) > 1:
+            raise ValueError(f"the cache's row arrays differ in length: {rows}")
+        if len(self.features) != len(self.activations):
+            raise ValueError("the cache has a different number of activations and features")
+        if not len(self.view_content) == len(self.view_activations) == len(self.view_features):
+            raise ValueError("the cache's view arrays differ in length")
+        if len(self.content) and self.content.max() >= len(self.activations):
+            raise ValueError("a row of the cache points to a content it does not hold")
+
+    @property
+    def n_views(self) -> int:
+        return int(self.view_activations.shape[1]) if self.view_activations.ndim > 1 else 0
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every field by name: what the ``.npz`` file holds."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> ActivationCache:
+        """The cache from its named arrays; a missing or unknown name is an error."""
+        names = {field.name for field in dataclasses.fields(cls)}
+        if set(arrays) != names:
+            raise ValueError(
+                f"not an activation cache: missing {sorted(names - set(arrays))}, "
+                f"unknown {sorted(set(arrays) - names)}"
+            )
+        return cls(**{name: np.asarray(arrays[name]) for name in names})
+
+    def with_rows(self, **fields: np.ndarray) -> ActivationCache:
+        """A copy with some fields replaced (tests poison or relabel rows with it)."""
+        return dataclasses.replace(self, **fields)
+
+
+_ROW_FIELDS = (
+    "path", "split", "label", "sha256", "group", "copy_in_train", "label_conflict", "content",
+)  # fmt: skip
+
+
+def contents_of(cache: ActivationCache, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct contents among the selected rows (boolean mask) and the label of each."""
-    content, first = np.unique(cache["content"][rows], return_index=True)
-    return content, cache["label"][rows][first]
+    content, first = np.unique(cache.content[rows], return_index=True)
+    return content, cache.label[rows][first]
 
 
 def cached_images(
-    cache: dict[str, Any], content: np.ndarray, labels: np.ndarray, with_views: bool
+    cache: ActivationCache, content: np.ndarray, labels: np.ndarray, with_views: bool
 ) -> CachedImages:
     """The cached activations of some contents, with their augmented views if asked."""
     if not with_views:
-        return CachedImages(cache["activations"][content], cache["features"][content], labels)
-    position = {c: i for i, c in enumerate(cache["view_content"])}
+        return CachedImages(cache.activations[content], cache.features[content], labels)
+    position = {c: i for i, c in enumerate(cache.view_content)}
     missing = [int(c) for c in content if c not in position]
     if missing:
         raise ValueError(f"no cached views for contents {missing[:5]}")
     at = np.array([position[c] for c in content], dtype=int).reshape(-1)
     return CachedImages(
-        cache["activations"][content],
-        cache["features"][content],
+        cache.activations[content],
+        cache.features[content],
         labels,
-        cache["view_activations"][at],
-        cache["view_features"][at],
+        cache.view_activations[at],
+        cache.view_features[at],
     )
 
 
 def content_probabilities(
-    model: keras.Model, cache: dict[str, Any], content: np.ndarray, batch_size: int
+    model: keras.Model, cache: ActivationCache, content: np.ndarray, batch_size: int
 ) -> np.ndarray:
     """The model's class probabilities for some contents, from their cached block-4
     activations: the same computation as the whole model on the images."""
     return predict_in_batches(
-        model_after(model, CACHED_LAYER), cache["activations"][content], batch_size
+        model_after(model, CACHED_LAYER), cache.activations[content], batch_size
     )
 
 
 def row_probabilities(
-    model: keras.Model, cache: dict[str, Any], rows: np.ndarray, batch_size: int
+    model: keras.Model, cache: ActivationCache, rows: np.ndarray, batch_size: int
 ) -> np.ndarray:
     """The model's class probabilities for the selected rows (boolean mask), each distinct
     content computed once."""
-    content, inverse = np.unique(cache["content"][rows], return_inverse=True)
+    content, inverse = np.unique(cache.content[rows], return_inverse=True)
     return content_probabilities(model, cache, content, batch_size)[inverse]

@@ -15,7 +15,7 @@ from chest_ct_classifier.model.architecture import OUTPUT_LAYER
 
 CAM_LAYER = "block4_conv3"
 """Every path to the answer passes this convolution: the head reads block 4's pooled output as
-well as block 5's (``model_architecture.build_classifier``), so block 5's maps alone would miss
+well as block 5's (``model.architecture.build_classifier``), so block 5's maps alone would miss
 part of the evidence. 28x28 maps at 224 px."""
 
 

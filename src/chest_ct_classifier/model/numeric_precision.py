@@ -10,8 +10,9 @@ input -> (n, n_classes) float32 probabilities``:
 - ``int8``: the convolutions and pooling as a TFLite model with int8 weights (per channel)
   whose activations XNNPACK quantizes to int8 at run time, each image with its own scale (an
   answer does not depend on the other images of its batch), the head in float32
-  (Keras). Static activation ranges calibrated on training images were measured here to change
-  8 of 72 valid answers; quantizing each batch's activations on the fly changed none.
+  (Keras). Activations are quantized per batch at run time rather than with static ranges
+  calibrated on training images, which changed answers the dynamic scheme left alone
+  (docs/results.md).
 
 A reduced path is served only when :func:`gate` says it answers like fp32 (see
 :func:`choose_precision`).

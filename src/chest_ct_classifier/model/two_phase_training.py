@@ -16,11 +16,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import keras
 import numpy as np
 
+from chest_ct_classifier.config.training import PhaseSettings, TrainingParameters
 from chest_ct_classifier.model.architecture import (
     CACHED_LAYER,
     FEATURE_LAYER,
@@ -32,8 +32,6 @@ from chest_ct_classifier.model.batches import map_batches
 from chest_ct_classifier.scoring.metrics import macro_f1, negative_log_likelihood
 
 logger = logging.getLogger(__name__)
-
-MONITORS = ("loss", "macro_f1")
 
 
 @dataclass(frozen=True)
@@ -122,7 +120,7 @@ def _start_normalization_from(head: keras.Model, features: np.ndarray) -> None:
 def train_two_phase(
     model: keras.Model,
     train: CachedImages,
-    parameters: dict[str, Any],
+    parameters: TrainingParameters,
     monitor: CachedImages | None = None,
     epochs: tuple[int, int] | None = None,
 ) -> tuple[keras.Model, dict[str, PhaseResult]]:
@@ -131,9 +129,9 @@ def train_two_phase(
     Args:
         model: the prepared classifier; left unchanged (Keras' global seeds are reset).
         train: cached activations of the training images (views are used when present).
-        parameters: ``batch_size``, ``seed``, ``class_weights`` (``balanced`` or ``none``),
-            ``early_stopping.monitor`` (``loss`` or ``macro_f1``), and per phase (``phase1``,
-            ``phase2``) ``max_epochs``, ``patience`` and ``learning_rate``.
+        parameters: ``batch_size``, ``seed``, ``class_weights``, ``early_stopping.monitor``,
+            and per phase (``phase1``, ``phase2``) ``max_epochs``, ``patience`` and
+            ``learning_rate``.
         monitor: images to score after every epoch; they decide early stopping unless
             ``epochs`` is given, in which case they are only reported.
         epochs: run exactly this many epochs in (phase 1, phase 2), no early stopping.
@@ -143,19 +141,15 @@ def train_two_phase(
     """
     if len(train.labels) == 0:
         raise ValueError("no training images")
-    seed = int(parameters["seed"])
+    seed = parameters.seed
     keras.utils.set_random_seed(seed)
     trained = keras.models.clone_model(model)
     trained.set_weights(model.get_weights())
-    weighting = parameters.get("class_weights", "balanced")
-    if weighting not in ("balanced", "none"):
-        raise ValueError(f"class_weights must be 'balanced' or 'none', got {weighting!r}")
-    class_weight = balanced_class_weights(train.labels) if weighting == "balanced" else None
+    balanced = parameters.class_weights == "balanced"
+    class_weight = balanced_class_weights(train.labels) if balanced else None
     n_views = train.n_views
-    batch_size = int(parameters["batch_size"])
-    stop_on = parameters["early_stopping"]["monitor"]
-    if stop_on not in MONITORS:
-        raise ValueError(f"early_stopping.monitor must be one of {MONITORS}, got {stop_on!r}")
+    batch_size = parameters.batch_size
+    stop_on = parameters.early_stopping.monitor
 
     # Phase 1: every view of every image in each epoch (the head is cheap).
     head = model_after(trained, FEATURE_LAYER)
@@ -171,7 +165,7 @@ def train_two_phase(
         lambda epoch: phase1_inputs,
         np.repeat(train.labels, n_views + 1),
         None if monitor is None else (monitor.features, monitor.labels),
-        parameters["phase1"],
+        parameters.phase1,
         epochs[0] if epochs else None,
         batch_size,
         class_weight,
@@ -207,7 +201,7 @@ def train_two_phase(
         one_view_per_image,
         train.labels,
         None if monitor is None else (monitor.activations, monitor.labels),
-        parameters["phase2"],
+        parameters.phase2,
         epochs[1] if epochs else None,
         batch_size,
         class_weight,
@@ -225,20 +219,20 @@ def _run_phase(
     epoch_inputs: Callable[[int], np.ndarray],
     labels: np.ndarray,
     monitor: tuple[np.ndarray, np.ndarray] | None,
-    parameters: dict[str, Any],
+    settings: PhaseSettings,
     fixed_epochs: int | None,
     batch_size: int,
     class_weight: dict[int, float] | None,
     stop_on: str,
 ) -> PhaseResult:
     network.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=float(parameters["learning_rate"])),
+        optimizer=keras.optimizers.Adam(learning_rate=settings.learning_rate),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
     early_stopping = fixed_epochs is None and monitor is not None
-    max_epochs = int(parameters["max_epochs"]) if fixed_epochs is None else int(fixed_epochs)
-    patience = int(parameters["patience"])
+    max_epochs = settings.max_epochs if fixed_epochs is None else int(fixed_epochs)
+    patience = settings.patience
     result = PhaseResult()
 
     def monitored() -> dict[str, float]:

@@ -12,12 +12,18 @@ from chest_ct_classifier.pipelines.data_ingestion.nodes import (
     locate,
     select_usable_images,
 )
+from tests.conftest import settings
 
-PARAMS = {
-    "source": "sample",
-    "near_duplicate_max_distance": 2,
-    "split": {"mode": "auto", "ratios": {"train": 0.5, "valid": 0.25, "test": 0.25}, "seed": 0},
-}
+PARAMS = settings(
+    "data_ingestion",
+    {
+        "source": "sample",
+        "near_duplicate_max_distance": 2,
+        "split": {
+            "mode": "auto", "ratios": {"train": 0.5, "valid": 0.25, "test": 0.25}, "seed": 0,
+        },
+    },
+)  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -45,7 +51,7 @@ def indexed(sample_images):
     files["Data/train/normal/broken scan (2).png"] = lambda: good[:300]
     files["Data/train/normal/notes.txt"] = lambda: b"hello"
     files["Data/valid/normal/6 - Copy.png"] = lambda: good
-    return index_images(files, {"source": "sample"})
+    return index_images(files, settings("data_ingestion", {"source": "sample"}))
 
 
 def test_every_image_is_indexed_with_its_facts(indexed, sample_images):
@@ -189,6 +195,8 @@ def test_official_split_is_kept_unless_resplit_is_asked(indexed):
     assert report["split_source"] == "official"
     official = index.set_index("path").loc[table["path"], "split"].to_numpy()
     assert (table["split"].to_numpy() == official).all()
-    resplit_params = {**PARAMS, "split": {**PARAMS["split"], "mode": "resplit"}}
+    resplit_params = PARAMS.model_copy(
+        update={"split": PARAMS.split.model_copy(update={"mode": "resplit"})}
+    )
     _, resplit_report, _ = assess_data_quality(index, resplit_params)
     assert resplit_report["split_source"] == "resplit"

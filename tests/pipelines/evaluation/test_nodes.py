@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from chest_ct_classifier.images.labels import LABELS
+from chest_ct_classifier.model.activation_cache import ActivationCache
 from chest_ct_classifier.pipelines.evaluation.nodes import (
     evaluate_classifier,
     metrics_for_mlflow,
@@ -11,6 +12,7 @@ from chest_ct_classifier.pipelines.evaluation.nodes import (
     plot_reliability_diagrams,
     plot_roc_curves,
 )
+from tests.conftest import settings
 
 WEIGHTS = {
     "requested": "imagenet",
@@ -19,7 +21,7 @@ WEIGHTS = {
     "fallback_reason": "offline",
 }
 CALIBRATION = {"temperature": 2.0, "fitted_on": "valid", "n_images": 4}
-PARAMS = {"batch_size": 3, "calibration_bins": 15}
+PARAMS = settings("evaluation", {"batch_size": 3, "calibration_bins": 15})
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +29,21 @@ def cache():
     """Cached block-4 activations (2x2x512 for the 32 px tiny model) of 12 distinct images."""
     rng = np.random.default_rng(0)
     n = 12
-    return {
-        "activations": rng.normal(size=(n, 2, 2, 512)).astype(np.float32),
-        "content": np.arange(n),
-        "label": np.arange(n) % len(LABELS),
-        "split": np.array(["train"] * 4 + ["valid"] * 4 + ["test"] * 4),
-        "path": np.array([f"{i}.png" for i in range(n)]),
-        "copy_in_train": np.array([False] * 4 + [True, False, False, False] + [False] * 4),
-    }
+    return ActivationCache(
+        path=np.array([f"{i}.png" for i in range(n)]),
+        split=np.array(["train"] * 4 + ["valid"] * 4 + ["test"] * 4),
+        label=np.arange(n) % len(LABELS),
+        sha256=np.array([f"{i:064x}" for i in range(n)]),
+        group=np.arange(n),
+        copy_in_train=np.array([False] * 4 + [True, False, False, False] + [False] * 4),
+        label_conflict=np.zeros(n, bool),
+        content=np.arange(n),
+        activations=rng.normal(size=(n, 2, 2, 512)).astype(np.float32),
+        features=np.zeros((n, 3 * 512), np.float32),
+        view_content=np.zeros(0, np.int64),
+        view_activations=np.zeros((0, 0, 2, 2, 512), np.float16),
+        view_features=np.zeros((0, 0, 3 * 512), np.float16),
+    )
 
 
 def test_report_has_each_present_split_and_the_weights(tiny_model, cache):
@@ -48,7 +57,7 @@ def test_report_has_each_present_split_and_the_weights(tiny_model, cache):
 
 
 def test_missing_test_split_is_skipped(tiny_model, cache):
-    no_test = {**cache, "split": np.array(["train"] * 8 + ["valid"] * 4)}
+    no_test = cache.with_rows(split=np.array(["train"] * 8 + ["valid"] * 4))
     report = evaluate_classifier(tiny_model, no_test, WEIGHTS, CALIBRATION, PARAMS)
     assert list(report["splits"]) == ["valid"] == list(report["leak_free"])
 
@@ -100,7 +109,7 @@ def test_confusion_figure_shows_counts_and_normalized_side_by_side(tiny_model, c
     assert all(len(cell) == 4 and cell[1] == "." for cell in cells[4:])  # e.g. "0.67"
     plt.close(figure)
 
-    no_test = {**cache, "split": np.array(["train"] * 8 + ["valid"] * 4)}
+    no_test = cache.with_rows(split=np.array(["train"] * 8 + ["valid"] * 4))
     figure = plot_confusion_matrices(
         evaluate_classifier(tiny_model, no_test, WEIGHTS, CALIBRATION, PARAMS)
     )
@@ -131,7 +140,7 @@ def test_roc_figure_has_one_panel_per_evaluated_subset(tiny_model, cache):
     assert len(drawn) == 1 + len(LABELS) - 1
     plt.close(figure)
 
-    no_test = {**cache, "split": np.array(["train"] * 8 + ["valid"] * 4)}
+    no_test = cache.with_rows(split=np.array(["train"] * 8 + ["valid"] * 4))
     figure = plot_roc_curves(evaluate_classifier(tiny_model, no_test, WEIGHTS, CALIBRATION, PARAMS))
     assert len(figure.axes) == 2
     plt.close(figure)
@@ -175,17 +184,18 @@ def test_grad_cam_examples_show_a_correct_and_a_wrong_answer_per_class(tiny_mode
     from chest_ct_classifier.pipelines.training.nodes import cache_activations
 
     files = {p: (lambda d=d: d) for p, d in sample_images.items()}
-    params = {
-        "source": "sample",
-        "near_duplicate_max_distance": 2,
-        "split": {"mode": "official", "ratios": {"train": 1}, "seed": 0},
-    }
+    params = settings(
+        "data_ingestion",
+        {"source": "sample", "split": {"mode": "official", "ratios": {"train": 1}, "seed": 0}},
+    )
     table, _, _ = assess_data_quality(index_images(files, params)[0], params)
     real = cache_activations(
         files,
         table,
         tiny_model,
-        {"activation_batch_size": 16, "seed": 0, "augmentation": {"views": 0}},
+        settings(
+            "training", {"activation_batch_size": 16, "seed": 0, "augmentation": {"views": 0}}
+        ),
     )
 
     figure = plot_grad_cam_examples(tiny_model, files, real, PARAMS)
@@ -214,8 +224,11 @@ def test_reduced_precisions_are_checked_against_fp32_on_valid_and_test(tiny_mode
          "label_conflict": False}
     )  # fmt: skip
     images = {p: (lambda p=p: sample_images[p]) for p in sample_images}
-    params = {"min_agreement": 0.99, "max_accuracy_drop": 0.01, "batch_size": 5,
-              "timing_batch_size": 4, "timing_repeats": 1}  # fmt: skip
+    params = settings(
+        "evaluation",
+        {"precision_gate": {"min_agreement": 0.99, "max_accuracy_drop": 0.01, "batch_size": 5,
+                            "timing_batch_size": 4, "timing_repeats": 1}},
+    )  # fmt: skip
     report, logged = check_reduced_precisions(
         tiny_model, int8_feature_extractor(tiny_model), images, table, params
     )

@@ -1,11 +1,15 @@
 from chest_ct_classifier.model.pretrained_weights import PretrainedWeights, load_hed_conv_weights
 from chest_ct_classifier.pipelines.model_preparation.nodes import prepare_classifier
+from tests.conftest import settings
 
-PARAMS = {
-    "image_size": 32,
-    "seed": 0,
-    "head": {"pooling": "flatten", "normalize": False, "dense_units": 0, "dropout": 0.1},
-}
+PARAMS = settings(
+    "model_preparation",
+    {
+        "image_size": 32,
+        "seed": 0,
+        "head": {"pooling": "flatten", "normalize": False, "dense_units": 0, "dropout": 0.1},
+    },
+)
 
 
 def test_fallback_weights_are_recorded_for_reports_and_tags():

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from chest_ct_classifier.config.parameters import ParameterError
 from chest_ct_classifier.images.labels import LABELS
 from chest_ct_classifier.model.activation_cache import row_probabilities
 from chest_ct_classifier.model.calibration import scale_probabilities
@@ -12,18 +13,28 @@ from chest_ct_classifier.pipelines.training.nodes import (
     choose_training_schedule,
     train_classifier,
 )
+from tests.conftest import settings
 
-PARAMS = {
+OVERRIDES = {
     "activation_batch_size": 8,
     "batch_size": 8,
     "seed": 1,
     "class_weights": "balanced",
-    "augmentation": {"views": 2, "horizontal_flip": True, "rotation_degrees": 10, "zoom": 0.1},
+    "augmentation": {
+        "views": 2,
+        "horizontal_flip": True,
+        "rotation_degrees": 10,
+        "zoom": 0.1,
+        "stretch": 0,
+        "brightness": 0,
+        "contrast": 0,
+    },
     "selection": {"holdout_fraction": 0.25, "seed": 0},
     "early_stopping": {"monitor": "loss"},
     "phase1": {"max_epochs": 3, "patience": 1, "learning_rate": 1e-2},
     "phase2": {"max_epochs": 2, "patience": 1, "learning_rate": 1e-4},
 }
+PARAMS = settings("training", OVERRIDES)
 COPY = "Data/valid/normal/copy of n7.png"
 CONFLICT = "Data/train/adenocarcinoma_left.lower.lobe_T2_N0_M0_Ib/same as n6.jpg"
 
@@ -33,11 +44,10 @@ def cache(sample_images, tiny_model):
     files = {p: (lambda d=d: d) for p, d in sample_images.items()}
     files[COPY] = files["Data/train/normal/n7.png"]
     files[CONFLICT] = files["Data/train/normal/n6.jpg"]
-    params = {
-        "source": "sample",
-        "near_duplicate_max_distance": 2,
-        "split": {"mode": "official", "ratios": {"train": 1}, "seed": 0},
-    }
+    params = settings(
+        "data_ingestion",
+        {"source": "sample", "split": {"mode": "official", "ratios": {"train": 1}, "seed": 0}},
+    )
     index, _ = index_images(files, params)
     table, _, _ = assess_data_quality(index, params)
     return cache_activations(files, table, tiny_model, PARAMS)
@@ -52,23 +62,23 @@ def test_activations_are_cached_once_per_content_with_views_for_train_and_valid(
     cache, sample_images
 ):
     n = len(sample_images) + 2
-    assert len(cache["path"]) == len(cache["label"]) == len(cache["content"]) == n
-    assert cache["activations"].shape == (len(sample_images), 2, 2, 512)  # 32 px: block 4 is 2x2
+    assert len(cache.path) == len(cache.label) == len(cache.content) == n
+    assert cache.activations.shape == (len(sample_images), 2, 2, 512)  # 32 px: block 4 is 2x2
     # the head's pooled vector: block 4's average and maximum, block 5's average
-    assert cache["features"].shape == (len(sample_images), 3 * 512)
-    paths = list(cache["path"])
+    assert cache.features.shape == (len(sample_images), 3 * 512)
+    paths = list(cache.path)
     copy, original = paths.index(COPY), paths.index("Data/train/normal/n7.png")
-    assert cache["content"][copy] == cache["content"][original]
-    assert cache["copy_in_train"][copy] and not cache["label_conflict"][copy]
-    assert cache["label_conflict"].sum() == 2  # n6.jpg and its copy under another label
+    assert cache.content[copy] == cache.content[original]
+    assert cache.copy_in_train[copy] and not cache.label_conflict[copy]
+    assert cache.label_conflict.sum() == 2  # n6.jpg and its copy under another label
     # views: every train/valid content without a label conflict, none of test
-    trainable = np.isin(cache["split"], ["train", "valid"]) & ~cache["label_conflict"]
-    assert set(cache["view_content"]) == set(cache["content"][trainable])
-    assert not set(cache["view_content"]) & set(cache["content"][cache["split"] == "test"])
-    assert cache["view_activations"].shape == (len(cache["view_content"]), 2, 2, 2, 512)
-    assert cache["view_activations"].dtype == np.float16
-    first = cache["view_content"][0]
-    assert not np.allclose(cache["view_activations"][0, 0], cache["activations"][first])
+    trainable = np.isin(cache.split, ["train", "valid"]) & ~cache.label_conflict
+    assert set(cache.view_content) == set(cache.content[trainable])
+    assert not set(cache.view_content) & set(cache.content[cache.split == "test"])
+    assert cache.view_activations.shape == (len(cache.view_content), 2, 2, 2, 512)
+    assert cache.view_activations.dtype == np.float16
+    first = cache.view_content[0]
+    assert not np.allclose(cache.view_activations[0, 0], cache.activations[first])
 
 
 def test_schedule_is_chosen_on_a_grouped_hold_out_of_train_and_valid(schedule, cache):
@@ -77,8 +87,8 @@ def test_schedule_is_chosen_on_a_grouped_hold_out_of_train_and_valid(schedule, c
     losses = [r["value"] for r in history["phase1_monitor_loss"]]
     if chosen["phase1_epochs"]:  # the kept epoch has the lowest hold-out loss
         assert losses[chosen["phase1_epochs"] - 1] == min(losses)
-    pool = len(set(cache["content"][np.isin(cache["split"], ["train", "valid"])
-                                    & ~cache["label_conflict"]]))  # fmt: skip
+    pool = len(set(cache.content[np.isin(cache.split, ["train", "valid"])
+                                    & ~cache.label_conflict]))  # fmt: skip
     assert chosen["fit_images"] + chosen["holdout_images"] == pool
     assert sum(chosen["holdout_per_class"].values()) == chosen["holdout_images"]
     assert all(n > 0 for n in chosen["holdout_per_class"].values())
@@ -88,14 +98,10 @@ def test_schedule_is_chosen_on_a_grouped_hold_out_of_train_and_valid(schedule, c
 
 
 def test_test_images_never_influence_the_schedule(cache, schedule, tiny_model):
-    poisoned = {
-        **cache,
-        "activations": cache["activations"].copy(),
-        "features": cache["features"].copy(),
-    }
-    test_contents = cache["content"][cache["split"] == "test"]
-    poisoned["activations"][test_contents] = np.nan
-    poisoned["features"][test_contents] = np.nan
+    poisoned = cache.with_rows(activations=cache.activations.copy(), features=cache.features.copy())
+    test_contents = cache.content[cache.split == "test"]
+    poisoned.activations[test_contents] = np.nan
+    poisoned.features[test_contents] = np.nan
     again, history, holdout = choose_training_schedule(poisoned, tiny_model, PARAMS)
     assert again == schedule[0] and holdout == schedule[2]
     assert all(np.isfinite(r["value"]) for values in history.values() for r in values)
@@ -116,7 +122,7 @@ def test_refit_trains_on_train_for_the_scheduled_epochs(cache, schedule, tiny_mo
 
 
 def test_no_training_split_is_an_error(cache, schedule, tiny_model):
-    only_valid = {**cache, "split": np.full(len(cache["split"]), "valid")}
+    only_valid = cache.with_rows(split=np.full(len(cache.split), "valid"))
     with pytest.raises(ValueError, match="no training images"):
         train_classifier(only_valid, tiny_model, schedule[0], PARAMS)
 
@@ -126,9 +132,9 @@ def test_hold_out_answers_are_the_schedule_runs_on_held_out_train_and_valid_imag
     assert len(holdout["paths"]) == len(holdout["labels"]) == chosen["holdout_images"]
     assert np.shape(holdout["probabilities"]) == (chosen["holdout_images"], len(LABELS))
     np.testing.assert_allclose(np.sum(holdout["probabilities"], axis=1), 1.0, atol=1e-5)
-    rows = {p: i for i, p in enumerate(cache["path"])}
-    assert {cache["split"][rows[p]] for p in holdout["paths"]} <= {"train", "valid"}
-    assert holdout["labels"] == [int(cache["label"][rows[p]]) for p in holdout["paths"]]
+    rows = {p: i for i, p in enumerate(cache.path)}
+    assert {cache.split[rows[p]] for p in holdout["paths"]} <= {"train", "valid"}
+    assert holdout["labels"] == [int(cache.label[rows[p]]) for p in holdout["paths"]]
     # the answers are the kept epochs': scored, they are the schedule's hold-out scores
     kept = chosen["holdout_scores"]["phase2"]
     again = scores(np.array(holdout["labels"]), np.array(holdout["probabilities"], np.float32))
@@ -145,7 +151,7 @@ def test_calibration_fits_the_hold_out_answers_and_folds_the_temperature_in(
 
 
 def test_calibration_can_fit_on_leak_free_valid(cache, schedule, tiny_model):
-    on_valid = {**PARAMS, "calibration": {"fit_on": "valid"}}
+    on_valid = settings("training", {**OVERRIDES, "calibration": {"fit_on": "valid"}})
     calibrated, record = calibrate_classifier(tiny_model, cache, schedule[2], on_valid)
     # 13 valid files, of which the copy of a train image is left out
     assert record["fitted_on"] == "valid" and record["n_images"] == 12
@@ -155,10 +161,10 @@ def test_calibration_can_fit_on_leak_free_valid(cache, schedule, tiny_model):
 def _assert_temperature_folded_in(model, calibrated, record, cache) -> None:
     """The fit lowered the NLL, and the calibrated model answers softmax(logits / T)."""
     assert record["nll_after"] <= record["nll_before"] + 1e-9
-    rows = np.ones(len(cache["path"]), dtype=bool)
+    rows = np.ones(len(cache.path), dtype=bool)
     uncalibrated = row_probabilities(model, cache, rows, 8)
     expected = scale_probabilities(uncalibrated, record["temperature"])
-    assert expected.shape == (len(cache["path"]), len(LABELS))
+    assert expected.shape == (len(cache.path), len(LABELS))
     # the untrained tiny model saturates some softmaxes: a probability that underflowed float32
     # cannot be rescaled from the outside, only from the logits (which the fold does)
     representable = (uncalibrated > 1e-9).all(axis=1)
@@ -176,22 +182,20 @@ def test_row_probabilities_equal_the_model_on_each_file(cache, sample_images, ti
     files = {**sample_images}
     files[COPY] = files["Data/train/normal/n7.png"]
     files[CONFLICT] = files["Data/train/normal/n6.jpg"]
-    rows = np.ones(len(cache["path"]), dtype=bool)
+    rows = np.ones(len(cache.path), dtype=bool)
     direct = tiny_model.predict_on_batch(
-        np.stack([preprocess_image_bytes(files[p], 32) for p in cache["path"]])
+        np.stack([preprocess_image_bytes(files[p], 32) for p in cache.path])
     )
     np.testing.assert_allclose(row_probabilities(tiny_model, cache, rows, 8), direct, atol=1e-5)
 
 
 def test_without_valid_images_nothing_is_calibrated(cache, schedule, tiny_model):
-    no_valid = {**cache, "split": np.where(cache["split"] == "valid", "test", cache["split"])}
-    on_valid = {**PARAMS, "calibration": {"fit_on": "valid"}}
+    no_valid = cache.with_rows(split=np.where(cache.split == "valid", "test", cache.split))
+    on_valid = settings("training", {**OVERRIDES, "calibration": {"fit_on": "valid"}})
     model, record = calibrate_classifier(tiny_model, no_valid, schedule[2], on_valid)
     assert model is tiny_model and record["temperature"] == 1.0 and record["fitted_on"] is None
 
 
 def test_an_unknown_calibration_set_is_an_error(cache, schedule, tiny_model):
-    with pytest.raises(ValueError, match="fit_on must be one of"):
-        calibrate_classifier(
-            tiny_model, cache, schedule[2], {**PARAMS, "calibration": {"fit_on": "test"}}
-        )
+    with pytest.raises(ParameterError, match=r"calibration.fit_on = 'test'.*'holdout' or 'valid'"):
+        settings("training", {"calibration": {"fit_on": "test"}})

@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
+from chest_ct_classifier.config.data_ingestion import DataIngestionParameters, SplitSettings
 from chest_ct_classifier.images.duplicates import near_duplicate_groups, perceptual_hash
 from chest_ct_classifier.images.labels import LABELS, label_from_folder, split_from_folder
 from chest_ct_classifier.images.preprocessing import UnreadableImageError, decode_image
@@ -91,7 +92,7 @@ def describe_image(path: str, data: bytes) -> dict[str, Any]:
 
 
 def index_images(
-    image_files: dict[str, Callable[[], bytes]], parameters: dict[str, Any]
+    image_files: dict[str, Callable[[], bytes]], parameters: DataIngestionParameters
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Index every image file of the source, and summarize what was found.
 
@@ -109,7 +110,7 @@ def index_images(
         rows.append(describe_image(path, image_files[path]()))
     index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
     if index.empty:
-        raise ValueError(f"no image files found in {parameters.get('source')!r}")
+        raise ValueError(f"no image files found in {parameters.source!r}")
 
     usable = index[index["readable"] & index["label"].notna() & index["split"].notna()]
     counts = {
@@ -132,7 +133,7 @@ def index_images(
             unplaced[:5],
         )
     summary = {
-        "source": str(parameters.get("source")),
+        "source": parameters.source,
         "n_files": len(image_files),
         "n_images": len(index),
         "n_usable": len(usable),
@@ -173,11 +174,9 @@ IMAGE_TABLE_COLUMNS = [
 ]  # fmt: skip
 
 
-def _choose_splits(readable: pd.DataFrame, split: dict[str, Any]) -> tuple[pd.Series, str]:
+def _choose_splits(readable: pd.DataFrame, split: SplitSettings) -> tuple[pd.Series, str]:
     """The official split, or a duplicate-grouped re-split (mode resplit, or auto without one)."""
-    mode = split["mode"]
-    if mode not in ("official", "resplit", "auto"):
-        raise ValueError(f"split.mode must be official, resplit or auto, got {mode!r}")
+    mode = split.mode
     has_split = readable["split"].notna().any()
     if mode == "official" or (mode == "auto" and has_split):
         return readable["split"], "official"
@@ -185,11 +184,11 @@ def _choose_splits(readable: pd.DataFrame, split: dict[str, Any]) -> tuple[pd.Se
     resplit = pd.Series(None, index=readable.index, dtype=object)
     resplit[labelled] = grouped_split(
         readable.loc[labelled, "group"], readable.loc[labelled, "label"],
-        split["ratios"], int(split["seed"]),
+        split.ratios, split.seed,
     )  # fmt: skip
     logger.warning(
         "Re-splitting %d images by duplicate group (ratios %s, seed %s)%s",
-        int(labelled.sum()), dict(split["ratios"]), split["seed"],
+        int(labelled.sum()), split.ratios, split.seed,
         "" if mode == "resplit" else ": the data has no train/valid/test folders",
     )  # fmt: skip
     return resplit, "resplit"
@@ -214,7 +213,7 @@ def _describe_groups(rows: pd.DataFrame, key: str) -> list[dict[str, Any]]:
 
 
 def assess_data_quality(
-    image_index: pd.DataFrame, parameters: dict[str, Any]
+    image_index: pd.DataFrame, parameters: DataIngestionParameters
 ) -> tuple[pd.DataFrame, dict[str, Any], str]:
     """Duplicates, near duplicates, leakage across splits, label conflicts, format mismatches.
 
@@ -223,10 +222,10 @@ def assess_data_quality(
         copy of it is in train, and whether its exact copies carry another label); the
         data-quality report (JSON); and the same report as Markdown.
     """
-    max_distance = int(parameters["near_duplicate_max_distance"])
+    max_distance = parameters.near_duplicate_max_distance
     readable = image_index[image_index["readable"]].copy()
     readable["group"] = near_duplicate_groups(readable["phash"].tolist(), max_distance)
-    readable["split"], split_source = _choose_splits(readable, parameters["split"])
+    readable["split"], split_source = _choose_splits(readable, parameters.split)
 
     exact = readable[readable.duplicated("sha256", keep=False)]
     near = _groups_with_several(readable, "group", "sha256")
@@ -259,7 +258,10 @@ def assess_data_quality(
                 "per_class": {label: int((clean["label"] == label).sum()) for label in LABELS},
             }
     report = {
-        "parameters": {"near_duplicate_max_distance": max_distance, "split": parameters["split"]},
+        "parameters": {
+            "near_duplicate_max_distance": max_distance,
+            "split": parameters.split.model_dump(),
+        },
         "split_source": split_source,
         "n_images": len(image_index),
         "n_distinct_contents": int(readable["sha256"].nunique()),

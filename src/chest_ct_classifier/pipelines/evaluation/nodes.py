@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from chest_ct_classifier.config.evaluation import EvaluationParameters, PrecisionGateSettings
 from chest_ct_classifier.images.labels import DISPLAY_NAMES, LABELS
 from chest_ct_classifier.images.preprocessing import (
     decode_image,
@@ -21,7 +22,7 @@ from chest_ct_classifier.images.preprocessing import (
     preprocess_image_bytes,
     scale_for_vgg16,
 )
-from chest_ct_classifier.model.activation_cache import row_probabilities
+from chest_ct_classifier.model.activation_cache import ActivationCache, row_probabilities
 from chest_ct_classifier.model.architecture import image_size_of
 from chest_ct_classifier.model.batches import map_batches
 from chest_ct_classifier.model.calibration import (
@@ -51,10 +52,10 @@ EVALUATED_SPLITS = ("valid", "test")
 
 def evaluate_classifier(
     model: keras.Model,
-    cache: dict[str, Any],
+    cache: ActivationCache,
     weights_info: dict[str, Any],
     calibration: dict[str, Any],
-    parameters: dict[str, Any],
+    parameters: EvaluationParameters,
 ) -> dict[str, Any]:
     """Metrics of the trained model on each evaluated split present in the data, on the official
     split and on its leak-free subset (images with no exact or near copy in train).
@@ -64,8 +65,8 @@ def evaluate_classifier(
     model serves temperature-scaled probabilities; ``ece_uncalibrated`` is the ECE the same
     model had before.
     """
-    batch_size = int(parameters["batch_size"])
-    n_bins = int(parameters["calibration_bins"])
+    batch_size = parameters.batch_size
+    n_bins = parameters.calibration_bins
     temperature = float(calibration["temperature"])
     report: dict[str, Any] = {
         "weights": weights_info,
@@ -75,14 +76,14 @@ def evaluate_classifier(
         "reliability": {},
     }
     for split in EVALUATED_SPLITS:
-        in_split = cache["split"] == split
+        in_split = cache.split == split
         if not in_split.any():
             logger.info("No %s images: %s metrics skipped", split, split)
             continue
         probabilities = row_probabilities(model, cache, in_split, batch_size)
         uncalibrated = scale_probabilities(probabilities, 1.0 / temperature)
-        labels = cache["label"][in_split]
-        leak_free = ~cache["copy_in_train"][in_split]
+        labels = cache.label[in_split]
+        leak_free = ~cache.copy_in_train[in_split]
         for subset, mask in (("splits", slice(None)), ("leak_free", leak_free)):
             if len(labels[mask]) == 0:
                 continue
@@ -250,16 +251,16 @@ def plot_reliability_diagrams(report: dict[str, Any]) -> plt.Figure:
 def plot_grad_cam_examples(
     model: keras.Model,
     images: dict[str, Callable[[], bytes]],
-    cache: dict[str, Any],
-    parameters: dict[str, Any],
+    cache: ActivationCache,
+    parameters: EvaluationParameters,
 ) -> plt.Figure:
     """Grad-CAM overlays: per class, the most confident correct and wrong answer on test (on
     valid when there is no test), so a reader sees what the model looks at, shortcuts included.
     """
-    split = "test" if (cache["split"] == "test").any() else "valid"
-    in_split = cache["split"] == split
-    probabilities = row_probabilities(model, cache, in_split, int(parameters["batch_size"]))
-    paths, labels = cache["path"][in_split], cache["label"][in_split]
+    split = "test" if (cache.split == "test").any() else "valid"
+    in_split = cache.split == split
+    probabilities = row_probabilities(model, cache, in_split, parameters.batch_size)
+    paths, labels = cache.path[in_split], cache.label[in_split]
     predicted = probabilities.argmax(axis=1)
     size = image_size_of(model)
     figure, axes = plt.subplots(len(LABELS), 2, figsize=(7, 3.4 * len(LABELS)), squeeze=False)
@@ -291,23 +292,24 @@ def check_reduced_precisions(
     int8_model: bytes,
     images: dict[str, Callable[[], bytes]],
     image_table: pd.DataFrame,
-    parameters: dict[str, Any],
+    parameters: EvaluationParameters,
 ) -> tuple[dict[str, Any], dict[str, list[dict[str, float]]]]:
     """The accuracy gate of the reduced-precision paths, and their speed on this machine.
 
     Every file of valid and test (when present) goes through the whole network on each path,
     from its bytes, as the app and batch inference see it. A reduced path passes when, on every
     split, its top-1 agreement with fp32 is at least ``min_agreement`` and its accuracy at most
-    ``max_accuracy_drop`` below fp32's. Speed: median milliseconds per image in batches of
-    ``timing_batch_size`` and of one, over ``timing_repeats`` runs.
+    ``max_accuracy_drop`` below fp32's (``parameters.precision_gate``). Speed: median milliseconds
+    per image in batches of ``timing_batch_size`` and of one, over ``timing_repeats`` runs.
 
     Returns:
         The report (``precision_gate.json``; ``paths`` is what ``precision.choose_precision``
         reads) and its numbers for MLflow (``precision.int8_valid_agreement``, ...).
     """
     size = image_size_of(model)
-    min_agreement = float(parameters["min_agreement"])
-    max_drop = float(parameters["max_accuracy_drop"])
+    gate = parameters.precision_gate
+    min_agreement = gate.min_agreement
+    max_drop = gate.max_accuracy_drop
     rows = image_table[
         image_table["split"].isin(EVALUATED_SPLITS)
         & ~image_table["label_conflict"]
@@ -321,7 +323,7 @@ def check_reduced_precisions(
         for split, group in rows.groupby("split")
     }
     forwards = {p: forward_for(model, p, int8_model) for p in PRECISIONS}
-    batch = int(parameters["batch_size"])
+    batch = gate.batch_size
 
     def answers(forward: Forward, x: np.ndarray) -> np.ndarray:
         return map_batches(forward, x, batch, (len(LABELS),))
@@ -344,7 +346,7 @@ def check_reduced_precisions(
             }
             path["passed"], path["reason"] = passes_gate(path["splits"], min_agreement, max_drop)
         if timing_images is not None:
-            path |= _timings(forward, timing_images, parameters)
+            path |= _timings(forward, timing_images, gate)
         report["paths"][precision] = path
         logger.info("Precision %s: %s; %s", precision, path.get("reason", "the reference"),
                     {k: v for k, v in path.items() if k.startswith("ms_")})  # fmt: skip
@@ -366,9 +368,11 @@ def check_reduced_precisions(
     return report, flat
 
 
-def _timings(forward: Forward, images: np.ndarray, parameters: dict[str, Any]) -> dict[str, float]:
-    repeats = int(parameters["timing_repeats"])
-    batch = images[: int(parameters["timing_batch_size"])]
+def _timings(
+    forward: Forward, images: np.ndarray, parameters: PrecisionGateSettings
+) -> dict[str, float]:
+    repeats = parameters.timing_repeats
+    batch = images[: parameters.timing_batch_size]
     return {
         "ms_per_image": median_seconds(lambda: forward(batch), repeats) * 1000.0 / len(batch),
         "ms_batch_1": median_seconds(lambda: forward(batch[:1]), repeats) * 1000.0,

@@ -64,7 +64,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "int8_model",
                     "ingested_images",
                     "image_table",
-                    "params:evaluation.precision_gate",
+                    "params:evaluation",
                 ],
                 outputs=["precision_gate", "precision_metrics"],
                 name="check_reduced_precisions",

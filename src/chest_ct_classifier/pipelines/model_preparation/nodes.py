@@ -7,6 +7,7 @@ from typing import Any
 
 import keras
 
+from chest_ct_classifier.config.model_preparation import ModelPreparationParameters
 from chest_ct_classifier.model.architecture import build_classifier
 from chest_ct_classifier.model.pretrained_weights import PretrainedWeights
 
@@ -14,23 +15,23 @@ logger = logging.getLogger(__name__)
 
 
 def prepare_classifier(
-    pretrained: PretrainedWeights, parameters: dict[str, Any]
+    pretrained: PretrainedWeights, parameters: ModelPreparationParameters
 ) -> tuple[keras.Model, dict[str, Any], dict[str, Any]]:
     """The untrained model, and a record of the weights used (for reports and MLflow tags)."""
-    head = parameters["head"]
+    head = parameters.head
     model = build_classifier(
-        image_size=int(parameters["image_size"]),
+        image_size=parameters.image_size,
         conv_weights=pretrained.conv_weights,
-        pooling=head["pooling"],
-        normalize=bool(head["normalize"]),
-        dense_units=int(head["dense_units"]),
-        dropout=float(head["dropout"]),
-        seed=int(parameters["seed"]),
+        pooling=head.pooling,
+        normalize=head.normalize,
+        dense_units=head.dense_units,
+        dropout=head.dropout,
+        seed=parameters.seed,
     )
     trainable = sum(int(w.numpy().size) for w in model.trainable_weights)
     logger.info(
         "Prepared VGG16 classifier: input %dpx, weights %s, %d trainable of %d parameters",
-        parameters["image_size"],
+        parameters.image_size,
         pretrained.used,
         trainable,
         model.count_params(),

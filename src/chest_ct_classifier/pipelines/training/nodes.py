@@ -11,11 +11,13 @@ import keras
 import numpy as np
 import pandas as pd
 
+from chest_ct_classifier.config.training import TrainingParameters
 from chest_ct_classifier.images.augmentation import augment, augmentation_model
 from chest_ct_classifier.images.labels import LABELS
 from chest_ct_classifier.images.preprocessing import decode_image, image_to_array, scale_for_vgg16
 from chest_ct_classifier.images.splitting import grouped_split
 from chest_ct_classifier.model.activation_cache import (
+    ActivationCache,
     cached_images,
     content_probabilities,
     contents_of,
@@ -27,6 +29,7 @@ from chest_ct_classifier.model.architecture import (
     image_size_of,
     model_after,
 )
+from chest_ct_classifier.model.batches import map_batches
 from chest_ct_classifier.model.calibration import (
     apply_temperature,
     calibration_loss,
@@ -45,87 +48,77 @@ def cache_activations(
     images: dict[str, Callable[[], bytes]],
     image_table: pd.DataFrame,
     model: keras.Model,
-    parameters: dict[str, Any],
-) -> dict[str, Any]:
+    parameters: TrainingParameters,
+) -> ActivationCache:
     """Activations of the frozen layers for every usable image, and for augmented views of the
     images training may use, computed once.
 
-    Byte-identical files (the archive holds many) are one *content*, computed once.
-
-    Returns:
-        Row arrays aligned with the usable files sorted by path: ``path``, ``split``, ``label``
-        (index into LABELS), ``sha256``, ``group`` (near-duplicate group), ``copy_in_train``,
-        ``label_conflict`` and ``content`` (row -> content index). Per content:
-        ``activations`` (block 4 output, float32) and ``features`` (the head's input vector
-        with block 5 frozen, float32). For the contents of train and valid files without a
-        label conflict:
-        ``view_content`` (their content indices) and ``view_activations``/``view_features``
-        (contents, views, ...) in float16.
+    Byte-identical files are one *content*, computed once. Views (``augmentation.views`` per
+    content) are made for the train and valid contents without a label conflict, and stored
+    in float16 (they only feed training).
     """
     rows = image_table[image_table["path"].isin(list(images))].sort_values("path")
     contents = rows.drop_duplicates("sha256")
     content_of = {digest: i for i, digest in enumerate(contents["sha256"])}
     size = image_size_of(model)
-    batch_size = int(parameters["activation_batch_size"])
+    batch_size = parameters.activation_batch_size
     blocks_1_to_4 = feature_extractor(model, CACHED_LAYER)
     block_5 = model_after(model, CACHED_LAYER, until=FEATURE_LAYER)
 
     def frozen_outputs(rgb: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
-        activations, features = [], []
         step = max(1, len(rgb) // 10 // batch_size) * batch_size
-        for start in range(0, len(rgb), batch_size):
-            block_4 = np.asarray(
-                blocks_1_to_4.predict_on_batch(scale_for_vgg16(rgb[start : start + batch_size]))
-            )
-            activations.append(block_4)
-            features.append(np.asarray(block_5.predict_on_batch(block_4)))
-            if (start + batch_size) % step == 0 or start + batch_size >= len(rgb):
-                done = min(start + batch_size, len(rgb))
-                logger.info("Frozen activations, %s: %d/%d images", what, done, len(rgb))
-        return np.concatenate(activations), np.concatenate(features)
+
+        def progress(done: int, total: int) -> None:
+            if done % step == 0 or done == total:
+                logger.info("Frozen activations, %s: %d/%d images", what, done, total)
+
+        block_4 = map_batches(
+            lambda batch: blocks_1_to_4.predict_on_batch(scale_for_vgg16(batch)),
+            rgb,
+            batch_size,
+            blocks_1_to_4.output_shape[1:],
+            progress,
+        )
+        return block_4, map_batches(
+            block_5.predict_on_batch, block_4, batch_size, block_5.output_shape[1:]
+        )
 
     rgb = np.stack([image_to_array(decode_image(images[p]()), size) for p in contents["path"]])
     activations, features = frozen_outputs(rgb, "originals")
 
     trainable = rows["split"].isin(POOL_SPLITS) & ~rows["label_conflict"]
     view_content = np.unique(rows.loc[trainable, "sha256"].map(content_of).to_numpy(dtype=int))
-    augmentation = parameters["augmentation"]
-    n_views = int(augmentation["views"])
-    views = augmentation_model(augmentation, int(parameters["seed"]))
-    view_activations, view_features = [], []
+    n_views = parameters.augmentation.views
+    views = augmentation_model(parameters.augmentation, parameters.seed)
+    view_activations = np.zeros((len(view_content), n_views, *activations.shape[1:]), np.float16)
+    view_features = np.zeros((len(view_content), n_views, *features.shape[1:]), np.float16)
     for view in range(n_views):
-        augmented = np.concatenate(
-            [augment(rgb[view_content[i : i + batch_size]], views)
-             for i in range(0, len(view_content), batch_size)]
-        ) if len(view_content) else rgb[:0]  # fmt: skip
+        augmented = map_batches(
+            lambda chosen: augment(rgb[chosen], views), view_content, batch_size, rgb.shape[1:]
+        ).astype(np.uint8)
         block_4, block_5_out = frozen_outputs(augmented, f"view {view + 1}/{n_views}")
-        view_activations.append(block_4.astype(np.float16))
-        view_features.append(block_5_out.astype(np.float16))
-    empty = (len(view_content), 0)
-    return {
-        "path": rows["path"].to_numpy(dtype=str),
-        "split": rows["split"].to_numpy(dtype=str),
-        "label": rows["label"].map(LABELS.index).to_numpy(dtype=np.int64),
-        "sha256": rows["sha256"].to_numpy(dtype=str),
-        "group": rows["group"].to_numpy(dtype=np.int64),
-        "copy_in_train": rows["copy_in_train"].to_numpy(dtype=bool),
-        "label_conflict": rows["label_conflict"].to_numpy(dtype=bool),
-        "content": rows["sha256"].map(content_of).to_numpy(dtype=np.int64),
-        "activations": activations,
-        "features": features,
-        "view_content": view_content,
-        "view_activations": np.stack(view_activations, axis=1)
-        if n_views
-        else np.zeros((*empty, *activations.shape[1:]), np.float16),
-        "view_features": np.stack(view_features, axis=1)
-        if n_views
-        else np.zeros((*empty, *features.shape[1:]), np.float16),
-    }
+        view_activations[:, view] = block_4
+        view_features[:, view] = block_5_out
+    return ActivationCache(
+        path=rows["path"].to_numpy(dtype=str),
+        split=rows["split"].to_numpy(dtype=str),
+        label=rows["label"].map(LABELS.index).to_numpy(dtype=np.int64),
+        sha256=rows["sha256"].to_numpy(dtype=str),
+        group=rows["group"].to_numpy(dtype=np.int64),
+        copy_in_train=rows["copy_in_train"].to_numpy(dtype=bool),
+        label_conflict=rows["label_conflict"].to_numpy(dtype=bool),
+        content=rows["sha256"].map(content_of).to_numpy(dtype=np.int64),
+        activations=activations,
+        features=features,
+        view_content=view_content.astype(np.int64),
+        view_activations=view_activations,
+        view_features=view_features,
+    )
 
 
-def _without_conflicts(cache: dict[str, Any], split: str | tuple[str, ...]) -> np.ndarray:
+def _without_conflicts(cache: ActivationCache, split: str | tuple[str, ...]) -> np.ndarray:
     # Files whose exact copies carry another label teach nothing but noise.
-    return np.isin(cache["split"], split) & ~cache["label_conflict"]
+    return np.isin(cache.split, split) & ~cache.label_conflict
 
 
 def _phase_history(phases: dict[str, PhaseResult]) -> dict[str, list[dict[str, float]]]:
@@ -139,12 +132,12 @@ def _phase_history(phases: dict[str, PhaseResult]) -> dict[str, list[dict[str, f
 
 
 def choose_training_schedule(
-    cache: dict[str, Any], model: keras.Model, parameters: dict[str, Any]
+    cache: ActivationCache, model: keras.Model, parameters: TrainingParameters
 ) -> tuple[dict[str, Any], dict[str, list[dict[str, float]]], dict[str, Any]]:
     """Choose each phase's number of epochs on a leak-free hold-out of train+valid.
 
-    Valid alone (72 images in the archive, most of its normals copies of train images) is too
-    small and too leaky to steer training. The hold-out takes whole near-duplicate groups, class
+    Valid alone is usually too small to steer training, and in the public archive most of its
+    normals are copies of train images. The hold-out takes whole near-duplicate groups, class
     by class, from train and valid together, so no copy of a held-out image is trained on.
     Test images are never used.
 
@@ -154,21 +147,20 @@ def choose_training_schedule(
         chosen epochs (``paths``, ``labels``, ``probabilities``): predictions on images no
         copy of which was trained on, which calibration may fit its temperature to.
     """
-    selection = parameters["selection"]
+    selection = parameters.selection
     pool = _without_conflicts(cache, POOL_SPLITS)
     content, labels = contents_of(cache, pool)
-    groups = pd.Series(cache["group"][pool]).groupby(cache["content"][pool]).first()[content]
+    groups = pd.Series(cache.group[pool]).groupby(cache.content[pool]).first()[content]
     side = grouped_split(
         groups.reset_index(drop=True),
         pd.Series(labels),
-        {"fit": 1.0 - float(selection["holdout_fraction"]),
-         "holdout": float(selection["holdout_fraction"])},
-        int(selection["seed"]),
+        {"fit": 1.0 - selection.holdout_fraction, "holdout": selection.holdout_fraction},
+        selection.seed,
     ).to_numpy()  # fmt: skip
     fit, holdout = side == "fit", side == "holdout"
     if not holdout.any() or not fit.any():
         raise ValueError(
-            f"cannot hold out {selection['holdout_fraction']} of {len(content)} train+valid "
+            f"cannot hold out {selection.holdout_fraction} of {len(content)} train+valid "
             "images by near-duplicate group: too few images"
         )
     logger.info(
@@ -185,7 +177,7 @@ def choose_training_schedule(
     schedule = {
         "phase1_epochs": phases["phase1"].best_epoch,
         "phase2_epochs": phases["phase2"].best_epoch,
-        "monitor": parameters["early_stopping"]["monitor"],
+        "monitor": parameters.early_stopping.monitor,
         "fit_images": int(fit.sum()),
         "holdout_images": int(holdout.sum()),
         "holdout_per_class": {
@@ -197,28 +189,28 @@ def choose_training_schedule(
         "Schedule: phase 1 %d epochs, phase 2 %d epochs (hold-out scores at those epochs: %s)",
         schedule["phase1_epochs"], schedule["phase2_epochs"], schedule["holdout_scores"],
     )  # fmt: skip
-    first_path = {c: p for p, c in zip(cache["path"][::-1], cache["content"][::-1], strict=True)}
+    first_path = {c: p for p, c in zip(cache.path[::-1], cache.content[::-1], strict=True)}
     holdout_predictions = {
         "paths": [str(first_path[c]) for c in content[holdout]],
         "labels": labels[holdout].tolist(),
         "probabilities": content_probabilities(
-            holdout_model, cache, content[holdout], int(parameters["batch_size"])
+            holdout_model, cache, content[holdout], parameters.batch_size
         ).tolist(),
     }
     return schedule, _phase_history(phases), holdout_predictions
 
 
 def train_classifier(
-    cache: dict[str, Any],
+    cache: ActivationCache,
     model: keras.Model,
     schedule: dict[str, Any],
-    parameters: dict[str, Any],
+    parameters: TrainingParameters,
 ) -> tuple[keras.Model, dict[str, list[dict[str, float]]]]:
     """Refit on the whole train split for the chosen number of epochs per phase.
 
     Valid is scored after every epoch for the record only; it decides nothing here.
     """
-    dropped = cache["path"][cache["label_conflict"] & (cache["split"] == "train")]
+    dropped = cache.path[cache.label_conflict & (cache.split == "train")]
     if len(dropped):
         logger.warning(
             "Not training on %d files with conflicting labels: %s", len(dropped), dropped
@@ -230,7 +222,7 @@ def train_classifier(
     logger.info(
         "Training on %d distinct train images with %d augmented views each: phase 1 %d epochs, "
         "phase 2 %d epochs",
-        len(content), cache["view_activations"].shape[1],
+        len(content), cache.n_views,
         schedule["phase1_epochs"], schedule["phase2_epochs"],
     )  # fmt: skip
     trained, phases = train_two_phase(
@@ -248,22 +240,19 @@ def train_classifier(
     return trained, history
 
 
-CALIBRATION_SETS = ("holdout", "valid")
-
-
 def calibrate_classifier(
     model: keras.Model,
-    cache: dict[str, Any],
+    cache: ActivationCache,
     holdout_predictions: dict[str, Any],
-    parameters: dict[str, Any],
+    parameters: TrainingParameters,
 ) -> tuple[keras.Model, dict[str, Any]]:
     """Temperature-scale the trained model, so that it serves calibrated probabilities.
 
     ``calibration.fit_on`` chooses the answers the temperature is fitted to:
 
     - ``holdout``: the schedule run's answers on its grouped hold-out of train+valid (no copy
-      of those images trained on). It is the larger leak-free set: in the archive 144 images
-      with 14 normals, against valid's 62 leak-free images with 3 normals. The schedule run
+      of those images trained on). It is usually the larger leak-free set, with more of the
+      rare classes than valid's images without a copy in train (docs/results.md). The schedule run
       trained on a similar number of images for the same epochs, so its confidence on new
       images should be close to the refit model's (an assumption; and its epochs were chosen
       on this hold-out's loss, which may leave T slightly low).
@@ -272,18 +261,16 @@ def calibrate_classifier(
 
     Never test. With no such images the model is left as it is (T = 1).
     """
-    fit_on = parameters.get("calibration", {}).get("fit_on", "holdout")
-    if fit_on not in CALIBRATION_SETS:
-        raise ValueError(f"calibration.fit_on must be one of {CALIBRATION_SETS}, got {fit_on!r}")
+    fit_on = parameters.calibration.fit_on
     if fit_on == "holdout":
         labels = np.asarray(holdout_predictions["labels"], dtype=np.int64)
         probabilities = np.asarray(holdout_predictions["probabilities"], dtype=np.float32)
         probabilities = probabilities.reshape(len(labels), len(LABELS))
         subset = "grouped hold-out of train+valid, answered by the schedule run"
     else:
-        leak_free = (cache["split"] == "valid") & ~cache["copy_in_train"]
-        content, labels = contents_of(cache, leak_free & ~cache["label_conflict"])
-        probabilities = content_probabilities(model, cache, content, int(parameters["batch_size"]))
+        leak_free = (cache.split == "valid") & ~cache.copy_in_train
+        content, labels = contents_of(cache, leak_free & ~cache.label_conflict)
+        probabilities = content_probabilities(model, cache, content, parameters.batch_size)
         subset = "leak_free"
     if len(labels) == 0:
         logger.warning("No %s images: probabilities are NOT calibrated (T = 1)", fit_on)

@@ -1,0 +1,27 @@
+"""``conf/base/parameters_evaluation.yml``: metrics and the precision gate."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from chest_ct_classifier.config.base import Settings
+
+
+class PrecisionGateSettings(Settings):
+    """bf16 and int8 are served only if, on valid and on test, their top-1 answers agree with
+    fp32's on at least ``min_agreement`` of the images and their accuracy is at most
+    ``max_accuracy_drop`` below fp32's."""
+
+    min_agreement: float = Field(ge=0.0, le=1.0)
+    max_accuracy_drop: float = Field(ge=0.0, le=1.0)
+    batch_size: int = Field(ge=1)
+    timing_batch_size: int = Field(ge=1)
+    """Speed is measured in batches of this size, and one image alone."""
+    timing_repeats: int = Field(ge=1)
+
+
+class EvaluationParameters(Settings):
+    batch_size: int = Field(ge=1)
+    calibration_bins: int = Field(ge=1)
+    """Equal-width confidence bins of the expected calibration error (ECE)."""
+    precision_gate: PrecisionGateSettings

@@ -1,0 +1,34 @@
+"""The command line's table: what a person reads after `chest-ct predict` (the run itself is
+tested on a trained project in tests/integration/test_project_run.py)."""
+
+from __future__ import annotations
+
+import pandas as pd
+from click.testing import CliRunner
+
+from chest_ct_classifier.cli import cli, format_predictions
+from chest_ct_classifier.images.labels import LABELS, probability_columns
+
+
+def test_the_table_shows_the_display_name_and_its_probability_or_the_error():
+    rows = [
+        {"image": "scans/a.png", "label": "large_cell_carcinoma",
+         **dict(zip(probability_columns(), [0.1, 0.7, 0.15, 0.05], strict=True)), "error": None},
+        {"image": "scans/broken.png", "label": None,
+         **dict.fromkeys(probability_columns()), "error": "not a readable image"},
+    ]  # fmt: skip
+    table = format_predictions(pd.DataFrame(rows)).splitlines()
+    assert table[0].split() == ["image", "predicted", "probability", "note"]
+    assert set(table[1]) <= {"-", " "}
+    assert table[2].split()[:5] == ["scans/a.png", "Large", "cell", "carcinoma", "0.700"]
+    assert (
+        table[3].startswith("scans/broken.png") and "unreadable: not a readable image" in table[3]
+    )
+    assert len(LABELS) == len(probability_columns())
+
+
+def test_predict_needs_a_path_that_exists(tmp_path):
+    runner = CliRunner()
+    assert runner.invoke(cli, ["predict"]).exit_code == 2
+    missing = runner.invoke(cli, ["predict", str(tmp_path / "nowhere.png")])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
