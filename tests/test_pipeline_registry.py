@@ -1,6 +1,7 @@
 from kedro.framework.project import configure_project, pipelines
 
-from chest_ct_classifier.pipeline_registry import TRAINING_FLOW
+from chest_ct_classifier.images.preprocessing import bytes_from_base64, preprocess_image_bytes
+from chest_ct_classifier.pipeline_registry import TRAINING_FLOW, logged_input_example
 
 
 def test_every_pipeline_is_registered_and_default_is_the_training_flow():
@@ -42,3 +43,10 @@ def test_the_training_flow_and_evaluation_register_the_serving_pipeline():
         assert kwargs["code_paths"][0].endswith("chest_ct_classifier")
     assert not isinstance(pipelines["training"], PipelineML)
     assert not isinstance(pipelines["inference"], PipelineML)
+
+
+def test_the_input_example_is_a_request_of_one_readable_image():
+    example = logged_input_example()
+    assert list(example.columns) == ["image"] and len(example) == 1
+    image = preprocess_image_bytes(bytes_from_base64(example["image"][0]), 64)
+    assert image.shape == (64, 64, 3)

@@ -52,7 +52,7 @@ def _run_inference(path: Path, project_path: Path, env: str | None) -> pd.DataFr
 
     bootstrap_project(project_path)
     with KedroSession.create(
-        project_path=project_path, env=env, runtime_params={"inference.input_path": str(path)}
+        project_path=project_path, env=env, runtime_params={"inference": {"input_path": str(path)}}
     ) as session:
         session.run(pipeline_names=["inference"])
         predictions = session.load_context().catalog.load("predictions")

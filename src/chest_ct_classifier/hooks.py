@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 import mlflow
 from kedro.framework.hooks import hook_impl
 from mlflow import MlflowClient
+from pydantic import BaseModel
 
 from chest_ct_classifier.config.parameters import validate_parameters
 from chest_ct_classifier.registry.champion_gate import (
@@ -167,3 +169,12 @@ class ParameterValidationHook:
         # the raw parameters, runtime --params included: Kedro's own per-node conversion
         # (context.params) would report a subset of the problems, less plainly
         validate_parameters(context.config_loader["parameters"])
+
+    @hook_impl(tryfirst=True)
+    def before_node_run(self, inputs: dict[str, Any]) -> None:
+        """kedro-mlflow logs a node's ``params:`` inputs from the dict hooks receive, and
+        flattens only dicts (``training.phase1.max_epochs``): hand it plain values. Hooks get a
+        copy of the inputs, so the node itself still receives the settings models."""
+        for name, value in inputs.items():
+            if name.startswith("params:") and isinstance(value, BaseModel):
+                inputs[name] = value.model_dump()

@@ -49,21 +49,8 @@ def _answers_of_the_served_path(project: Path, inputs: np.ndarray, precision: st
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """A copy of the project after ``kedro run --env test``."""
-    root = tmp_path_factory.mktemp("project")
-    for item in ("pyproject.toml", ".telemetry", "conf"):
-        source = PROJECT_ROOT / item
-        if source.is_dir():
-            shutil.copytree(source, root / item, ignore=shutil.ignore_patterns("local"))
-        else:
-            shutil.copy2(source, root / item)
-    (root / "conf" / "local").mkdir()
-    shutil.copytree(PROJECT_ROOT / "src", root / "src", ignore=shutil.ignore_patterns("*.egg-info"))
-    (root / "logs").mkdir()
-    shutil.copytree(PROJECT_ROOT / "data" / "01_raw" / "sample", root / "data/01_raw/sample")
-    _kedro(root, "run", "--env", "test")
-    return root
+def project(trained_project: Path) -> Path:
+    return trained_project
 
 
 def test_default_run_leaves_model_metrics_and_plots(project):

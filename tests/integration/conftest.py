@@ -1,0 +1,30 @@
+"""The trained project the slow whole-project tests share: one ``kedro run --env test`` per
+test process."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PROJECT_ROOT, run_tool
+
+
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory) -> Path:
+    """A copy of the project (conf, code, bundled sample) after ``kedro run --env test``: a
+    trained model, its reports, and its registered champion in the copy's ``mlflow.db``."""
+    root = tmp_path_factory.mktemp("project")
+    for item in ("pyproject.toml", ".telemetry", "conf"):
+        source = PROJECT_ROOT / item
+        if source.is_dir():
+            shutil.copytree(source, root / item, ignore=shutil.ignore_patterns("local"))
+        else:
+            shutil.copy2(source, root / item)
+    (root / "conf" / "local").mkdir()
+    shutil.copytree(PROJECT_ROOT / "src", root / "src", ignore=shutil.ignore_patterns("*.egg-info"))
+    (root / "logs").mkdir()
+    shutil.copytree(PROJECT_ROOT / "data" / "01_raw" / "sample", root / "data/01_raw/sample")
+    run_tool(root, "kedro", "run", "--env", "test")
+    return root
