@@ -38,7 +38,7 @@ RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements-servin
 
 # The package, without its dependencies (those are training's; the serving ones are above).
 # A regular install (not editable): templates and static files come from the package data.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY src/ ./src/
 RUN pip install --no-cache-dir --no-deps . \
     && rm -rf build src/*.egg-info

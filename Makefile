@@ -71,10 +71,10 @@ repro: setup ## reproduce the DVC pipeline (dvc repro) with the environment acti
 docker: ## build the serving image (needs a Docker engine)
 	docker build -t chest-ct-classifier .
 
-requirements: | $(UV) ## export the serving image's pinned, hashed requirements from uv.lock
+requirements: setup ## export the serving image's pinned, hashed requirements from uv.lock
 	{ echo "# The serving image's requirements (Dockerfile), exported from uv.lock by"; \
 	  echo "# \`make requirements\`: do not edit. tests/test_delivery.py checks it is current."; \
-	  $(UV) export --frozen --only-group serving --format requirements-txt --no-emit-project \
+	  $(BIN)/uv export --frozen --only-group serving --format requirements-txt --no-emit-project \
 		--no-header --quiet; } > requirements-serving.txt
 
 clean-outputs: ## remove every run output (models, reports, MLflow store); keep the sample

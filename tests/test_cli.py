@@ -32,3 +32,23 @@ def test_predict_needs_a_path_that_exists(tmp_path):
     assert runner.invoke(cli, ["predict"]).exit_code == 2
     missing = runner.invoke(cli, ["predict", str(tmp_path / "nowhere.png")])
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_python_m_runs_kedro_or_predicts():
+    """``python -m chest_ct_classifier`` is ``kedro run`` (its options), ``... predict`` the
+    command line's predict."""
+    import subprocess
+    import sys
+
+    from tests.conftest import PROJECT_ROOT
+
+    def help_of(*args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "chest_ct_classifier", *args, "--help"],
+            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout
+
+    assert "--pipelines" in help_of()
+    assert "Predict every image of each PATH" in help_of("predict")

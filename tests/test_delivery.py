@@ -478,7 +478,7 @@ def test_the_installed_package_carries_its_templates_and_static_files(tmp_path):
     (the page's template, CSS, JavaScript, vendored Bootstrap) must be in that wheel."""
     source = tmp_path / "source"
     source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(PROJECT_ROOT / name, source / name)
     shutil.copytree(
         PROJECT_ROOT / "src",
@@ -502,6 +502,7 @@ def test_the_installed_package_carries_its_templates_and_static_files(tmp_path):
         if path.is_file()
     }
     assert any(name.startswith("chest_ct_classifier/serving/templates/") for name in package_files)
+    assert any(name.endswith(".dist-info/licenses/LICENSE") for name in in_wheel)
     missing = sorted(package_files - in_wheel)
     assert not missing, (
         "files of the package that a regular install leaves out (add them to "

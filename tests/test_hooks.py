@@ -144,3 +144,44 @@ def test_node_times_are_logged_and_recorded_in_the_active_run(store, caplog):
     # without a run (tracking disabled) it only logs
     timing.before_node_run(node)
     timing.after_node_run(node)
+
+
+@pytest.mark.parametrize("project_hooks_first", [True, False])
+def test_kedro_mlflow_sees_plain_parameters_while_the_node_keeps_its_settings(
+    project_hooks_first,
+):
+    """kedro-mlflow flattens only dicts when it logs a node's ``params:`` inputs: the validation
+    hook runs first (``tryfirst``) and hands the hooks' copy of the inputs plain values."""
+    from chest_ct_classifier.hooks import ParameterValidationHook
+    from tests.conftest import settings
+
+    manager = _create_hook_manager()
+    validation, kedro_mlflow = ParameterValidationHook(), MlflowHook()
+    for hook in (validation, kedro_mlflow) if project_hooks_first else (kedro_mlflow, validation):
+        manager.register(hook)
+    order = [impl.plugin for impl in reversed(manager.hook.before_node_run.get_hookimpls())]
+    assert order.index(validation) < order.index(kedro_mlflow)
+
+    training = settings("training")
+    node_inputs = {"params:training": training, "cached_activations": object()}
+    seen_by_hooks = dict(node_inputs)  # Kedro hands hooks a shallow copy
+    validation.before_node_run(seen_by_hooks)
+    assert seen_by_hooks["params:training"] == training.model_dump()
+    assert seen_by_hooks["params:training"]["phase1"]["max_epochs"] == training.phase1.max_epochs
+    assert seen_by_hooks["cached_activations"] is node_inputs["cached_activations"]
+    assert node_inputs["params:training"] is training
+
+
+def test_parameters_are_checked_when_the_context_is_created():
+    from chest_ct_classifier.config.parameters import ParameterError
+    from chest_ct_classifier.hooks import ParameterValidationHook
+    from tests.conftest import _base_parameters
+
+    class Context:
+        def __init__(self, parameters):
+            self.config_loader = {"parameters": parameters}
+
+    ParameterValidationHook().after_context_created(Context(_base_parameters()))
+    broken = {**_base_parameters(), "inference": {**_base_parameters()["inference"], "x": 1}}
+    with pytest.raises(ParameterError, match=r"inference\.x: unknown key"):
+        ParameterValidationHook().after_context_created(Context(broken))

@@ -4,7 +4,7 @@ options), or, as ``python -m chest_ct_classifier predict PATH...``, predicts ima
 import sys
 from pathlib import Path
 
-from kedro.framework.cli.utils import find_run_command
+from kedro.framework.cli.project import run
 from kedro.framework.project import configure_project
 
 from chest_ct_classifier import cli
@@ -14,9 +14,9 @@ def main(*args, **kwargs) -> None:
     if args and args[0] and args[0][0] == "predict":
         cli.cli(args[0], prog_name="python -m chest_ct_classifier")
         return
-    package_name = Path(__file__).parent.name
-    configure_project(package_name)
-    run = find_run_command(package_name)
+    configure_project(Path(__file__).parent.name)
+    # Kedro's own `run` (find_run_command would look for a `run` in this project's cli.py,
+    # which holds only `predict`)
     run(*args, **kwargs)
 
 

@@ -57,6 +57,26 @@ def test_a_value_outside_its_allowed_set_names_the_key_the_value_and_the_choices
     )
 
 
+@pytest.mark.parametrize(
+    ("key_path", "value", "expected"),
+    [
+        ("early_stopping.monitor", "auc", "= 'auc': Input should be 'loss' or 'macro_f1'"),
+        ("class_weights", "balance", "= 'balance': Input should be 'balanced' or 'none'"),
+        ("calibration.fit_on", "test", "= 'test': Input should be 'holdout' or 'valid'"),
+    ],
+)
+def test_training_choices_are_checked(key_path, value, expected):
+    with pytest.raises(ParameterError) as caught:
+        validate_parameters(_with("training", key_path, value))
+    assert f"training.{key_path} {expected}" in str(caught.value)
+
+
+def test_an_empty_checksum_means_none_and_a_bad_one_is_refused():
+    assert validate_parameters(_with("data_ingestion", "sha256", "")).data_ingestion.sha256 is None
+    with pytest.raises(ParameterError, match=r"data_ingestion\.sha256 = 'abc'"):
+        validate_parameters(_with("data_ingestion", "sha256", "abc"))
+
+
 def test_a_wrong_type_is_named():
     with pytest.raises(ParameterError, match=r"training\.batch_size = 'abc': .*valid integer"):
         validate_parameters(_with("training", "batch_size", "abc"))

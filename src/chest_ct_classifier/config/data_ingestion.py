@@ -37,3 +37,8 @@ class DataIngestionParameters(Settings):
     near_duplicate_max_distance: int = Field(ge=0, le=64)
     """Largest Hamming distance between two 64-bit perceptual hashes of near duplicates."""
     split: SplitSettings
+
+    @field_validator("sha256", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, sha256: object) -> object:
+        return None if sha256 == "" else sha256

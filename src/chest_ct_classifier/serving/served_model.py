@@ -49,8 +49,8 @@ from chest_ct_classifier.serving.settings import (
 logger = logging.getLogger(__name__)
 
 MODEL_NAME = "chest-ct-classifier"
-"""The registered model's name (``model_registry.MODEL_NAME``, not imported: serving does not
-need the registry's dependencies unless it loads from the registry)."""
+"""The registered model's name (``registry.champion_gate.MODEL_NAME``, not imported: that module
+loads MLflow, which serving needs only when it loads from the registry)."""
 WEIGHTS_INFO_FILE = "weights_info.json"
 """Written by model preparation beside the model: which pretrained weights were really used."""
 

@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 
-from chest_ct_classifier.config.parameters import ParameterError
 from chest_ct_classifier.images.labels import LABELS
 from chest_ct_classifier.model.activation_cache import row_probabilities
 from chest_ct_classifier.model.calibration import scale_probabilities
@@ -194,8 +193,3 @@ def test_without_valid_images_nothing_is_calibrated(cache, schedule, tiny_model)
     on_valid = settings("training", {**OVERRIDES, "calibration": {"fit_on": "valid"}})
     model, record = calibrate_classifier(tiny_model, no_valid, schedule[2], on_valid)
     assert model is tiny_model and record["temperature"] == 1.0 and record["fitted_on"] is None
-
-
-def test_an_unknown_calibration_set_is_an_error(cache, schedule, tiny_model):
-    with pytest.raises(ParameterError, match=r"calibration.fit_on = 'test'.*'holdout' or 'valid'"):
-        settings("training", {"calibration": {"fit_on": "test"}})

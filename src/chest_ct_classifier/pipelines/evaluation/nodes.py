@@ -303,8 +303,9 @@ def check_reduced_precisions(
     per image in batches of ``timing_batch_size`` and of one, over ``timing_repeats`` runs.
 
     Returns:
-        The report (``precision_gate.json``; ``paths`` is what ``precision.choose_precision``
-        reads) and its numbers for MLflow (``precision.int8_valid_agreement``, ...).
+        The report (``precision_gate.json``; ``paths`` is what
+        ``numeric_precision.choose_precision`` reads) and its numbers for MLflow
+        (``precision.int8_valid_agreement``, ...).
     """
     size = image_size_of(model)
     gate = parameters.precision_gate

@@ -41,7 +41,7 @@ def predict_images(
 
     Images that cannot be read are reported in ``error`` and do not stop the run.
     ``precision`` (``auto``, ``fp32``, ``bf16`` or ``int8``) is served only as far as the
-    precision gate allows (``precision.choose_precision``); fp32 otherwise.
+    precision gate allows (``numeric_precision.choose_precision``); fp32 otherwise.
     """
     image_size = image_size_of(model)
     forward = _forward(model, precision, int8_model, precision_gate)
