@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +28,15 @@ class ActivationCacheDataset(AbstractDataset[ActivationCache, ActivationCache]):
 
     def save(self, data: ActivationCache) -> None:
         self._filepath.parent.mkdir(parents=True, exist_ok=True)
-        handle, partial = tempfile.mkstemp(
-            prefix=f".{self._filepath.name}.", suffix=".part", dir=self._filepath.parent
-        )
+        # a name of its own (two runs never share a partial file), created with the usual
+        # permissions (mkstemp's would be private to this user)
+        partial = self._filepath.with_name(f".{self._filepath.name}.{uuid.uuid4().hex}.part")
         try:
-            with os.fdopen(handle, "wb") as file:
+            with partial.open("xb") as file:
                 np.savez(file, **data.arrays())
             os.replace(partial, self._filepath)
         except BaseException:
-            Path(partial).unlink(missing_ok=True)
+            partial.unlink(missing_ok=True)
             raise
 
     def _exists(self) -> bool:
