@@ -18,7 +18,10 @@ def test_one_pipeline_can_be_requested_alone():
     configure_project("chest_ct_classifier")
     pipelines.set_requested(["inference"])
     try:
-        assert [n.name for n in pipelines["inference"].nodes] == ["predict_images"]
+        assert [n.name for n in pipelines["inference"].nodes] == [
+            "predict_images",
+            "audit_batch_inference",
+        ]
     finally:
         pipelines.set_requested(None)
 

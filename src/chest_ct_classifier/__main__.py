@@ -1,5 +1,6 @@
 """Entry point for ``python -m chest_ct_classifier``: runs the Kedro project (``kedro run``'s
-options), or, as ``python -m chest_ct_classifier predict PATH...``, predicts images."""
+options), or the command line's commands: ``python -m chest_ct_classifier predict PATH...``,
+``python -m chest_ct_classifier audit verify LOG``."""
 
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ from chest_ct_classifier import cli
 
 
 def main(*args, **kwargs) -> None:
-    if args and args[0] and args[0][0] == "predict":
+    if args and args[0] and args[0][0] in cli.cli.commands:
         cli.cli(args[0], prog_name="python -m chest_ct_classifier")
         return
     configure_project(Path(__file__).parent.name)

@@ -1,6 +1,6 @@
 """Command line: ``chest-ct predict PATH...`` (also ``kedro predict`` and ``python -m
 chest_ct_classifier predict``) runs the batch inference pipeline on each path and prints one
-row per image.
+row per image; ``chest-ct audit verify LOG`` checks the audit log's hash chain.
 
 Kedro loads this module's ``cli`` group as the project's own commands, so ``kedro predict``
 works in the project too.
@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 import pandas as pd
 
+from chest_ct_classifier.audit.hash_chain_log import verify as verify_chain
 from chest_ct_classifier.images.labels import DISPLAY_NAMES, probability_columns
 
 PACKAGE = "chest_ct_classifier"
@@ -61,6 +62,29 @@ def _run_inference(path: Path, project_path: Path, env: str | None) -> pd.DataFr
         str(path) if single_file else os.path.join(path, image) for image in predictions["image"]
     ]
     return predictions
+
+
+@cli.group()
+def audit() -> None:
+    """The audit log of answers (CHEST_CT_AUDIT_LOG, by default logs/audit.jsonl)."""
+
+
+@audit.command()
+@click.argument("log", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def verify(log: Path) -> None:
+    """Check LOG's hash chain (with its rotated files LOG.1, LOG.2...): exit 0 when every line
+    is intact and linked to the one before, else name the first broken or missing link."""
+    report = verify_chain(log)
+    files = f"{report.files} file{'s' if report.files != 1 else ''}"
+    if not report.ok:
+        click.echo(f"BROKEN after {report.lines - 1} good lines ({files}): {report.problem}")
+        raise SystemExit(1)
+    start = (
+        " (it begins after rotated files that are no longer kept)"
+        if report.starts_after_rotation
+        else ""
+    )
+    click.echo(f"OK: {report.lines} lines in {files}, every link intact{start}.")
 
 
 def format_predictions(predictions: pd.DataFrame) -> str:

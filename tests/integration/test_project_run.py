@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from chest_ct_classifier.audit.hash_chain_log import verify
 from chest_ct_classifier.datasets.keras_model_dataset import KerasModelDataset
 from chest_ct_classifier.images.labels import DISPLAY_NAMES, LABELS, probability_columns
 from chest_ct_classifier.images.preprocessing import preprocess_image_bytes
@@ -200,6 +201,13 @@ def test_inference_predicts_an_unseen_nested_folder_with_a_corrupt_file(project,
     readable = predictions[predictions["error"].isna()]
     assert len(readable) == 4 and set(readable["label"]) <= set(LABELS)
     assert readable[probability_columns()].sum(axis=1).round(4).eq(1.0).all()
+    # the run is in the audit log, chained with everything before it
+    runs = [json.loads(line) for line in (project / "logs/audit.jsonl").read_text().splitlines()]
+    (this_run,) = [r for r in runs if r.get("input") == str(unseen)]
+    assert this_run["kind"] == "batch_inference" and this_run["n_files"] == 5
+    assert this_run["n_unreadable"] == 1 and sum(this_run["labels"].values()) == 4
+    assert len(this_run["model"]["fingerprint"]) == 16
+    assert verify(project / "logs/audit.jsonl").ok
 
 
 def test_the_command_line_predicts_a_file_and_a_folder_and_prints_a_table(project, sample_root):

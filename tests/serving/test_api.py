@@ -158,7 +158,8 @@ def test_bad_input_gets_a_clear_4xx_and_the_server_stays_up(server, request_kwar
     answer = requests.post(f"{server}/predict", timeout=60, **request_kwargs)
     assert answer.status_code == status, answer.text
     body = answer.json()
-    assert set(body) == {"error", "code"} and len(body["error"]) > 15
+    assert set(body) == {"error", "code", "request_id"} and len(body["error"]) > 15
+    assert body["request_id"] == answer.headers["X-Request-ID"]
     assert code is None or body["code"] == code
     assert "Traceback" not in answer.text
     assert requests.get(f"{server}/health", timeout=10).status_code == 200

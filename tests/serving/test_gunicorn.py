@@ -5,6 +5,9 @@ gunicorn.conf.py), with only the image's libraries importable: it loads a real m
 from __future__ import annotations
 
 import base64
+import contextlib
+import hashlib
+import json
 import os
 import signal
 import socket
@@ -41,6 +44,13 @@ def gunicorn_as_in_the_image(trained_model_path: Path, tmp_path: Path):
     in /app) with the image's environment, the venv's bin first on PATH, and every module that
     the image does not install made unimportable (a ``sitecustomize`` on PYTHONPATH).
     Yields ``(process, base_url, log_path)``; stops the whole process group afterwards."""
+    with start_gunicorn(trained_model_path, tmp_path) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def start_gunicorn(trained_model_path: Path, tmp_path: Path, **extra_environment: str):
+    """The image's CMD as :func:`gunicorn_as_in_the_image` starts it, with more variables."""
     guard = tmp_path / "guard"
     guard.mkdir()
     (guard / "sitecustomize.py").write_text(serving_image_import_guard())
@@ -64,6 +74,7 @@ def gunicorn_as_in_the_image(trained_model_path: Path, tmp_path: Path):
         "GUNICORN_TIMEOUT",
     ):
         environment.pop(variable, None)
+    environment |= extra_environment
     log = tmp_path / "gunicorn.log"
     with log.open("wb") as output:
         process = subprocess.Popen(
@@ -126,3 +137,64 @@ def test_gunicorn_serves_the_model_as_the_image_does_and_stops_on_sigterm(
     text = log.read_text(errors="replace")
     assert "GET /health" in text  # the access log goes to stdout, as configured
     assert "ModuleNotFoundError" not in text
+
+
+def test_two_workers_under_eight_clients_leave_one_audit_line_per_request(
+    trained_model_path, sample_image_path, tmp_path
+):
+    """8 clients x 25 requests against 2 gunicorn workers: exactly one line per request, each
+    with its request id and the input's sha256, one unbroken chain; one changed byte breaks it
+    at that line (``python -m chest_ct_classifier audit verify``)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    audit = tmp_path / "audit.jsonl"
+    images = [sample_image_path(label).read_bytes() for label in ("normal", "adenocarcinoma")]
+    with start_gunicorn(
+        trained_model_path, tmp_path, WEB_CONCURRENCY="2", CHEST_CT_AUDIT_LOG=str(audit)
+    ) as (process, base, log):
+        wait_until_healthy(process, base, log)
+
+        def client(number: int) -> list[tuple[str, str]]:
+            sent = []
+            with requests.Session() as session:
+                for request in range(25):
+                    data = images[(number + request) % 2]
+                    answer = session.post(
+                        f"{base}/predict", files={"file": ("x.png", data)}, timeout=120
+                    )
+                    assert answer.status_code == 200, answer.text[:500]
+                    sent.append((answer.headers["X-Request-ID"], hashlib.sha256(data).hexdigest()))
+            return sent
+
+        with ThreadPoolExecutor(8) as pool:
+            sent = dict(pair for pairs in pool.map(client, range(8)) for pair in pairs)
+        pids = {
+            line.split()[-1] for line in log.read_text().splitlines() if "Booting worker" in line
+        }
+    assert len(pids) >= 2, "gunicorn did not start two workers"
+    lines = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert len(lines) == len(sent) == 200
+    assert {line["request_id"]: line["input_sha256"] for line in lines} == sent
+
+    verify_command = [
+        str(BIN / "python"),
+        "-m",
+        "chest_ct_classifier",
+        "audit",
+        "verify",
+        str(audit),
+    ]
+    checked = subprocess.run(
+        verify_command, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert checked.returncode == 0 and "OK: 200 lines" in checked.stdout, (
+        checked.stdout + checked.stderr
+    )
+    raw = audit.read_bytes().split(b"\n")
+    raw[137] = raw[137].replace(b'"http_status": 200', b'"http_status": 201', 1)
+    audit.write_bytes(b"\n".join(raw))
+    checked = subprocess.run(
+        verify_command, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert checked.returncode == 1
+    assert f"{audit}:138: the line was changed" in checked.stdout

@@ -8,6 +8,8 @@ from flask import Flask
 from flask.typing import ResponseReturnValue
 from flask_cors import CORS
 
+from chest_ct_classifier.audit.hash_chain_log import HashChainLog
+from chest_ct_classifier.serving import audit_trail
 from chest_ct_classifier.serving.errors import register_error_handlers
 from chest_ct_classifier.serving.routes import blueprint
 from chest_ct_classifier.serving.settings import ServingSettings
@@ -35,6 +37,7 @@ def create_app(settings: ServingSettings | None = None) -> Flask:
 
     app.register_blueprint(blueprint)
     register_error_handlers(app, settings.max_upload_bytes)
+    audit_trail.install(app, HashChainLog(settings.audit_log) if settings.audit_log else None)
     app.after_request(_security_headers)
     return app
 

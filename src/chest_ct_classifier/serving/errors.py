@@ -8,6 +8,8 @@ from flask import Flask, jsonify, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from chest_ct_classifier.serving import audit_trail
+
 logger = logging.getLogger(__name__)
 
 
@@ -25,7 +27,11 @@ class ApiError(Exception):
 
 
 def _answer(status: int, code: str, message: str, headers: dict[str, str] | None = None):
-    response = jsonify({"error": message, "code": code})
+    audit_trail.note(status="refused", error=code)
+    body = {"error": message, "code": code}
+    if audit_trail.request_id():
+        body["request_id"] = audit_trail.request_id()
+    response = jsonify(body)
     response.status_code = status
     response.headers.update(headers or {})
     return response

@@ -16,6 +16,7 @@ from chest_ct_classifier.images.preprocessing import (
     UnreadableImageError,
     bytes_from_base64,
 )
+from chest_ct_classifier.serving import audit_trail
 from chest_ct_classifier.serving.errors import ApiError
 from chest_ct_classifier.serving.served_model import Classification, ServedModel
 from chest_ct_classifier.serving.settings import RESEARCH_NOTICE
@@ -70,7 +71,12 @@ def predict() -> ResponseReturnValue:
     model = state.model  # this request finishes on this model, even if a new one comes in
     if model is None:
         raise ApiError(503, "no_model", state.model_error or "No model is loaded.")
+    audit_trail.note(
+        model={k: getattr(model.info, k) for k in ("name", "version", "fingerprint")},
+        precision=model.info.precision["served"] if model.info.precision else None,
+    )
     data = _image_bytes()
+    audit_trail.note(**audit_trail.describe_input(data))
     explain = request.args.get("explain", "").strip().lower() in _TRUE
     try:
         result = model.classify(data, state.settings.max_image_pixels, explain=explain)
@@ -83,7 +89,14 @@ def predict() -> ResponseReturnValue:
             f"The file is not an image this app can read ({exc}). Send a PNG or JPEG "
             "chest CT image.",
         ) from exc
-    return jsonify(_prediction(result, model, state.settings.uncertain_below))
+    answer = _prediction(result, model, state.settings.uncertain_below)
+    audit_trail.note(
+        status=answer["status"],
+        label=answer["label"],
+        probabilities=answer["probabilities"],
+        ood_score=None,
+    )
+    return jsonify(answer)
 
 
 def _image_bytes() -> bytes:
@@ -128,7 +141,10 @@ def _image_bytes() -> bytes:
 def _prediction(result: Classification, model: ServedModel, uncertain_below: float) -> dict:
     probabilities = {label: float(p) for label, p in zip(LABELS, result.probabilities, strict=True)}
     label = max(probabilities, key=probabilities.get)
+    uncertain = probabilities[label] < uncertain_below
     answer: dict[str, Any] = {
+        "request_id": audit_trail.request_id(),
+        "status": "uncertain" if uncertain else "ok",
         "label": label,
         "display_name": DISPLAY_NAMES[label],
         "probabilities": probabilities,
@@ -137,7 +153,7 @@ def _prediction(result: Classification, model: ServedModel, uncertain_below: flo
             for name, p in probabilities.items()
         ],
         "confidence": probabilities[label],
-        "uncertain": probabilities[label] < uncertain_below,
+        "uncertain": uncertain,
         "model": model.info.as_dict(),
         "notice": RESEARCH_NOTICE,
     }

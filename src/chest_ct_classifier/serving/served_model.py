@@ -33,6 +33,7 @@ from chest_ct_classifier.model.numeric_precision import (
     AUTO,
     PRECISIONS,
     Forward,
+    model_fingerprint,
     select_forward,
     traced_forward,
 )
@@ -76,6 +77,8 @@ class ModelInfo:
     """Its scores on held-out images (``measured_quality``); None when never evaluated."""
     precision: dict[str, Any] | None = None
     """The precision served, the one requested, why, and which reduced ones passed the gate."""
+    fingerprint: str | None = None
+    """A digest of the weights (``numeric_precision.model_fingerprint``): which model answered."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -299,6 +302,7 @@ def _load_from_file(
             loaded_at=_now(),
             measured=measured_quality.from_metrics_file(report, path) if report else None,
             precision=precision,
+            fingerprint=model_fingerprint(model),
         )
         served = _served(model, info, forward, settings)
     except Exception as exc:  # Keras raises many types for a broken or foreign file
@@ -366,6 +370,7 @@ def _load_from_registry(uri: str, settings: ServingSettings) -> ServedModel:
             loaded_at=_now(),
             measured=measured,
             precision=precision,
+            fingerprint=model_fingerprint(model),
         )
         served = _served(model, info, forward, settings)
     except Exception as exc:  # MLflow, network, file and Keras errors alike

@@ -63,6 +63,10 @@ class ServingSettings:
     """Concurrent requests answered by one forward pass, at most."""
     batch_wait_ms: float = 5.0
     """How long the first request of a batch waits for others to join it."""
+    audit_log: Path | None = None
+    """The hash-chained audit log of /predict answers; None: none kept. From the environment:
+    ``CHEST_CT_AUDIT_LOG`` (``off`` disables it), by default ``logs/audit.jsonl`` in the
+    project."""
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> ServingSettings:
@@ -93,6 +97,7 @@ class ServingSettings:
             ),
             max_batch=int(get("MAX_BATCH") or 16),
             batch_wait_ms=float(get("BATCH_WAIT_MS") or 5.0),
+            audit_log=audit_log_path(get("AUDIT_LOG"), project_path),
         )
 
     def resolved_model_path(self) -> Path:
@@ -114,6 +119,17 @@ class ServingSettings:
         except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
             return None
         return path if path.is_absolute() else self.project_path / path
+
+
+DEFAULT_AUDIT_LOG = Path("logs") / "audit.jsonl"
+
+
+def audit_log_path(setting: str | None, project_path: Path) -> Path | None:
+    """Where answers are audited: ``off`` means nowhere; relative paths are in the project."""
+    if setting and setting.lower() == "off":
+        return None
+    path = Path(setting) if setting else DEFAULT_AUDIT_LOG
+    return path if path.is_absolute() else project_path / path
 
 
 def configured_precision(project_path: Path) -> str:

@@ -7,6 +7,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import keras
@@ -21,7 +22,7 @@ from chest_ct_classifier.images.preprocessing import (
 )
 from chest_ct_classifier.model.architecture import image_size_of
 from chest_ct_classifier.model.batches import map_batches
-from chest_ct_classifier.model.numeric_precision import Forward, select_forward
+from chest_ct_classifier.model.numeric_precision import Forward, model_fingerprint, select_forward
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,23 @@ def _forward(
                 _FORWARDS.pop(next(iter(_FORWARDS)))
             _FORWARDS[key] = ((model, int8_model), forward)
         return _FORWARDS[key][1]
+
+
+def audit_record_of_run(
+    predictions: pd.DataFrame, model: keras.Model, input_path: str
+) -> dict[str, Any]:
+    """The audit log's line for one batch inference run: when, what input, how many files,
+    what was answered, and which model (its weights' fingerprint)."""
+    answered = predictions[predictions["error"].isna()]
+    return {
+        "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "kind": "batch_inference",
+        "input": str(input_path),
+        "n_files": len(predictions),
+        "n_unreadable": int(predictions["error"].notna().sum()),
+        "labels": {label: int((answered["label"] == label).sum()) for label in LABELS},
+        "model": {"fingerprint": model_fingerprint(model)},
+    }
 
 
 def images_from_request(request: pd.DataFrame) -> dict[str, Callable[[], bytes]]:

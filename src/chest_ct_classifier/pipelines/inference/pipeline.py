@@ -3,7 +3,7 @@ as the served model: the pipeline MLflow logs and registers (see pipeline_regist
 
 from kedro.pipeline import Pipeline, node, pipeline
 
-from .nodes import images_from_request, predict_images
+from .nodes import audit_record_of_run, images_from_request, predict_images
 
 # The input of the served model: a table of base64 images (see images_from_request).
 SERVING_INPUT = "serving_input"
@@ -25,7 +25,13 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=["inference_images", *_MODEL_INPUTS],
                 outputs="predictions",
                 name="predict_images",
-            )
+            ),
+            node(
+                audit_record_of_run,
+                inputs=["predictions", "trained_model", "params:inference.input_path"],
+                outputs="inference_audit",
+                name="audit_batch_inference",
+            ),
         ]
     )
 

@@ -1,0 +1,1 @@
+"""The audit trail: what was answered, with which model, in an append-only, hash-chained log."""
