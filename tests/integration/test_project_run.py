@@ -23,7 +23,11 @@ from chest_ct_classifier.audit.hash_chain_log import verify
 from chest_ct_classifier.datasets.keras_model_dataset import KerasModelDataset
 from chest_ct_classifier.images.labels import DISPLAY_NAMES, LABELS, probability_columns
 from chest_ct_classifier.images.preprocessing import preprocess_image_bytes
-from chest_ct_classifier.model.numeric_precision import forward_for, select_forward
+from chest_ct_classifier.model.numeric_precision import (
+    forward_for,
+    model_fingerprint,
+    select_forward,
+)
 from tests.conftest import PROJECT_ROOT, run_tool
 
 pytestmark = pytest.mark.slow
@@ -226,6 +230,40 @@ def test_the_command_line_predicts_a_file_and_a_folder_and_prints_a_table(projec
     assert len(predictions) == n_folder
 
 
+def test_the_model_card_repeats_the_runs_own_numbers(project):
+    metrics = json.loads((project / "data/08_reporting/metrics.json").read_text())
+    card = json.loads((project / "data/08_reporting/model_card.json").read_text())
+    quality = json.loads((project / "data/08_reporting/data_quality.json").read_text())
+    schedule = json.loads((project / "data/06_models/training_schedule.json").read_text())
+    model = KerasModelDataset(str(project / "data/06_models/classifier.keras")).load()
+    assert card["model"]["fingerprint"] == model_fingerprint(model)
+    for subset in ("splits", "leak_free"):
+        for split, scores in metrics[subset].items():
+            shown = card["evaluation"][subset][split]
+            for key in ("n_images", "accuracy", "macro_f1", "balanced_accuracy", "ece"):
+                assert shown[key] == scores[key], (subset, split, key)
+            assert shown["accuracy_interval"] == scores["intervals"]["accuracy"]
+            assert shown["macro_f1_interval"] == scores["intervals"]["macro_f1"]
+            assert shown["recall_interval"] == scores["intervals"]["recall"]
+            interval = scores["intervals"]["accuracy"]
+            assert interval["low"] <= scores["accuracy"] <= interval["high"]
+            for label in LABELS:
+                assert shown["recall"][label] == scores["per_class"][label]["recall"]
+    assert card["calibration"] == metrics["calibration"]
+    assert card["data"]["counts"] == quality["counts"]
+    assert card["training"]["phase1_epochs"] == schedule["phase1_epochs"]
+    text = (project / "data/08_reporting/model_card.md").read_text()
+    assert text.startswith("# Model card: chest-ct-classifier")
+    assert f"| accuracy | {metrics['splits']['test']['accuracy']:.3f} |" in text
+    client = _client(project)
+    # every training or evaluation run logs its card beside the version it registers
+    runs = mlflow.search_runs(experiment_names=["chest-ct-classifier"], output_format="list")
+    for run in runs:
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"model_card.json", "model_card.md"} <= artifacts
+        assert "test_accuracy_ci_low" in run.data.metrics
+
+
 def test_notebook_loads_metrics_and_predictions_from_the_catalog(project):
     shutil.copytree(PROJECT_ROOT / "notebooks", project / "notebooks", dirs_exist_ok=True)
     run_tool(
@@ -246,8 +284,10 @@ client = create_app().test_client()
 health = client.get("/health")
 image = open(sys.argv[1], "rb").read()
 answer = client.post("/predict", data={"file": (__import__("io").BytesIO(image), "x.png")})
+card = client.get("/model-card")
 print(json.dumps({"health": health.get_json(), "status": health.status_code,
-                  "answer": answer.get_json()}))
+                  "answer": answer.get_json(), "card_status": card.status_code,
+                  "card_html": card.get_data(as_text=True)}))
 """
 
 
@@ -270,6 +310,10 @@ def test_web_app_serves_the_trained_model_from_the_catalog_or_the_registry(
     assert result.returncode == 0, result.stderr[-3000:]
     served = json.loads(result.stdout.strip().splitlines()[-1])
     assert served["status"] == 200, served
+    # the served model's own card, from the catalog's file or the registered version's run
+    assert served["card_status"] == 200, served["card_html"][-2000:]
+    assert "Model card: chest-ct-classifier" in served["card_html"]
+    assert served["health"]["model_card"] == "/model-card"
     model = served["health"]["model"]
     assert model["source"] == ("registry" if source == "registry" else "file")
     assert model["weights"] == "hed_bsds500" and model["image_size"] == 64

@@ -281,3 +281,19 @@ def test_cors_allows_only_the_configured_origins(live_server, trained_model_path
     assert allowed.headers["Access-Control-Allow-Origin"] == "https://viewer.example.org"
     other = requests.get(f"{base}/health", headers={"Origin": "https://evil.example"}, timeout=10)
     assert "Access-Control-Allow-Origin" not in other.headers
+
+
+def test_the_model_card_page_says_why_there_is_none(live_server, trained_model_path, tmp_path):
+    """No card for the served weights: a 404 page that says so (the trained project's card is
+    tested in tests/integration/test_project_run.py)."""
+    base = live_server(trained_model_path, project_path=tmp_path)
+    page = requests.get(f"{base}/model-card", timeout=30)
+    assert page.status_code == 404 and page.headers["Content-Type"].startswith("text/html")
+    assert "No model card was found" in page.text
+    (tmp_path / "conf" / "base").mkdir(parents=True)
+    (tmp_path / "conf" / "base" / "catalog.yml").write_text(
+        "model_card:\n  type: x\n  dataset:\n    type: json.JSONDataset\n    filepath: card.json\n"
+    )
+    (tmp_path / "card.json").write_text('{"model": {"fingerprint": "another"}}')
+    page = requests.get(f"{base}/model-card", timeout=30)
+    assert page.status_code == 404 and "describes other weights" in page.text

@@ -20,8 +20,18 @@ class PrecisionGateSettings(Settings):
     timing_repeats: int = Field(ge=1)
 
 
+class BootstrapSettings(Settings):
+    """Percentile bootstrap intervals of the headline metrics (images resampled with
+    replacement)."""
+
+    resamples: int = Field(ge=100)
+    confidence: float = Field(gt=0.5, lt=1.0)
+    seed: int
+
+
 class EvaluationParameters(Settings):
     batch_size: int = Field(ge=1)
     calibration_bins: int = Field(ge=1)
     """Equal-width confidence bins of the expected calibration error (ECE)."""
+    bootstrap: BootstrapSettings
     precision_gate: PrecisionGateSettings

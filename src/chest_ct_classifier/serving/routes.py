@@ -18,6 +18,7 @@ from chest_ct_classifier.images.preprocessing import (
 )
 from chest_ct_classifier.serving import audit_trail
 from chest_ct_classifier.serving.errors import ApiError
+from chest_ct_classifier.serving.model_card_page import served_model_card
 from chest_ct_classifier.serving.served_model import Classification, ServedModel
 from chest_ct_classifier.serving.settings import RESEARCH_NOTICE
 from chest_ct_classifier.serving.state import AppState
@@ -44,6 +45,19 @@ def index() -> ResponseReturnValue:
     )
 
 
+@blueprint.get("/model-card")
+def model_card() -> ResponseReturnValue:
+    """The served model's card as a page; 404 (with the reason, still a page) without one."""
+    state = _state()
+    model = state.model
+    card, reason = (
+        served_model_card(model, state.settings) if model else (None, state.model_error or "")
+    )
+    labels = [{"label": label, "display_name": DISPLAY_NAMES[label]} for label in LABELS]
+    page = render_template("model_card.html", card=card, reason=reason, labels=labels)
+    return page, 200 if card else 404
+
+
 @blueprint.get("/health")
 def health() -> ResponseReturnValue:
     state = _state()
@@ -54,6 +68,7 @@ def health() -> ResponseReturnValue:
         "model": model.info.as_dict() if model else None,
         "precision": model.info.precision["served"] if model and model.info.precision else None,
         "batching": model.batching() if model else None,
+        "model_card": "/model-card" if model else None,
         "uptime_seconds": round(time.monotonic() - state.started, 1),
         "training": {
             "enabled": state.jobs is not None,

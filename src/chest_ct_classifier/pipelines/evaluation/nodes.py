@@ -43,7 +43,10 @@ from chest_ct_classifier.model.numeric_precision import (
     model_fingerprint,
     passes_gate,
 )
+from chest_ct_classifier.registry.champion_gate import MODEL_NAME
+from chest_ct_classifier.scoring.bootstrap import bootstrap_intervals
 from chest_ct_classifier.scoring.metrics import classification_metrics
+from chest_ct_classifier.scoring.model_card import build_model_card, render_markdown
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +95,13 @@ def evaluate_classifier(
             metrics["ece_uncalibrated"] = expected_calibration_error(
                 uncalibrated[mask], labels[mask], n_bins
             )
+            metrics["intervals"] = bootstrap_intervals(
+                labels[mask],
+                probabilities[mask],
+                parameters.bootstrap.resamples,
+                parameters.bootstrap.confidence,
+                parameters.bootstrap.seed,
+            )
             report[subset][split] = metrics
             logger.info(
                 "%s%s: accuracy %.3f, macro-F1 %.3f, loss %.3f, ECE %.3f (%.3f before "
@@ -135,8 +145,35 @@ def metrics_for_mlflow(report: dict[str, Any]) -> dict[str, dict[str, float]]:
         for label, auc in roc_auc["per_class"].items():
             if auc is not None:
                 flat[f"{name}_roc_auc_{label}"] = auc
+        intervals = metrics.get("intervals", {})
+        for key in ("accuracy", "macro_f1"):
+            if intervals.get(key):
+                flat[f"{name}_{key}_ci_low"] = intervals[key]["low"]
+                flat[f"{name}_{key}_ci_high"] = intervals[key]["high"]
     flat["temperature"] = report["calibration"]["temperature"]
     return {name: {"value": float(value), "step": 0} for name, value in flat.items()}
+
+
+def write_model_card(
+    model: keras.Model,
+    metrics: dict[str, Any],
+    data_quality: dict[str, Any],
+    ingestion_summary: dict[str, Any],
+    training_schedule: dict[str, Any],
+    precision_gate: dict[str, Any],
+) -> tuple[dict[str, Any], str]:
+    """The run's model card, as JSON and as Markdown, from the reports the run wrote; it names
+    the model by its weights' fingerprint, so a card is never shown for another model."""
+    card = build_model_card(
+        MODEL_NAME,
+        model_fingerprint(model),
+        metrics,
+        data_quality,
+        ingestion_summary,
+        training_schedule,
+        precision_gate,
+    )
+    return card, render_markdown(card)
 
 
 def plot_confusion_matrices(report: dict[str, Any]) -> plt.Figure:

@@ -14,6 +14,7 @@ from .nodes import (
     plot_grad_cam_examples,
     plot_reliability_diagrams,
     plot_roc_curves,
+    write_model_card,
 )
 
 
@@ -68,6 +69,19 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 outputs=["precision_gate", "precision_metrics"],
                 name="check_reduced_precisions",
+            ),
+            node(
+                write_model_card,
+                inputs=[
+                    "trained_model",
+                    "metrics",
+                    "data_quality",
+                    "ingestion_summary",
+                    "training_schedule",
+                    "precision_gate",
+                ],
+                outputs=["model_card", "model_card_markdown"],
+                name="write_model_card",
             ),
             node(
                 serving_input_example,

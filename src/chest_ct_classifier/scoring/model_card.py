@@ -1,0 +1,256 @@
+"""The model card: what a clinician, a reviewer or an auditor asks first, from the run's own
+outputs. Every number is copied from the reports the run wrote (metrics, data quality,
+training schedule, calibration, precision gate); nothing is typed in by hand."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chest_ct_classifier.images.labels import DISPLAY_NAMES, LABELS
+
+INTENDED_USE = (
+    "Research and teaching: classifying single axial chest CT slices, exported as images, into "
+    "adenocarcinoma, large cell carcinoma, squamous cell carcinoma or normal, to study transfer "
+    "learning, calibration and honest evaluation on a small public dataset."
+)
+WARNING = (
+    "Research tool, not a diagnosis. Not a medical device; not validated on any patient "
+    "population. No clinical decision may rest on its answers."
+)
+FIXED_LIMITATIONS = (
+    "It sees one slice at a time: it knows nothing of the rest of the scan, the patient, "
+    "earlier scans or the clinical question.",
+    "It knows four classes only. Other findings (other cancers, nodules, infection, fibrosis) "
+    "get one of the four answers.",
+    "It does not yet check that an image is a chest CT slice: a photograph or an MRI gets one "
+    "of the four answers too.",
+    "The public dataset's images come from web sources of uneven quality, sizes and aspect "
+    "ratios by class; a model can learn such cues instead of anatomy.",
+    "The archive records no patients: images of one scan may sit in different splits even "
+    "after duplicate removal, which flatters held-out scores.",
+)
+
+
+def build_model_card(
+    model_name: str,
+    model_fingerprint: str,
+    metrics: dict[str, Any],
+    data_quality: dict[str, Any],
+    ingestion_summary: dict[str, Any],
+    training_schedule: dict[str, Any],
+    precision_gate: dict[str, Any],
+) -> dict[str, Any]:
+    """The card as JSON-ready data: the run's own figures, grouped as a reader looks for them."""
+    evaluation = {
+        subset: {split: _scores(scores) for split, scores in metrics[subset].items()}
+        for subset in ("splits", "leak_free")
+    }
+    card = {
+        "model": {
+            "name": model_name,
+            "fingerprint": model_fingerprint,
+            "classes": list(LABELS),
+            "weights": metrics["weights"],
+        },
+        "intended_use": INTENDED_USE,
+        "warning": WARNING,
+        "data": {
+            "source": ingestion_summary.get("source"),
+            "split_source": data_quality.get("split_source"),
+            "n_files": ingestion_summary.get("n_files"),
+            "n_images": data_quality.get("n_images"),
+            "n_distinct_contents": data_quality.get("n_distinct_contents"),
+            "counts": data_quality.get("counts"),
+            "leak_free": data_quality.get("leak_free"),
+            "exact_duplicate_groups": len(data_quality.get("exact_duplicate_groups", [])),
+            "near_duplicate_groups": len(data_quality.get("near_duplicate_groups", [])),
+            "cross_split_groups": len(data_quality.get("cross_split_groups", [])),
+            "files_with_conflicting_labels": sum(
+                len(group["files"]) for group in data_quality.get("conflicting_labels", [])
+            ),
+            "unreadable_files": len(data_quality.get("unreadable", [])),
+            "skipped_non_images": len(ingestion_summary.get("skipped_non_images", [])),
+        },
+        "training": {
+            key: training_schedule.get(key)
+            for key in ("phase1_epochs", "phase2_epochs", "monitor", "fit_images", "holdout_images")
+        },
+        "evaluation": evaluation,
+        "calibration": metrics["calibration"],
+        "out_of_distribution": None,
+        "precision": {
+            "served_by_default": precision_gate.get("fastest_passing"),
+            "reason": precision_gate.get("reason"),
+            "passed": {
+                name: path.get("passed")
+                for name, path in precision_gate.get("paths", {}).items()
+                if name != "fp32"
+            },
+        },
+    }
+    card["limitations"] = [*_measured_limitations(card), *FIXED_LIMITATIONS]
+    return card
+
+
+def _scores(metrics: dict[str, Any]) -> dict[str, Any]:
+    intervals = metrics.get("intervals") or {}
+    return {
+        "n_images": metrics["n_images"],
+        "accuracy": metrics["accuracy"],
+        "accuracy_interval": intervals.get("accuracy"),
+        "macro_f1": metrics["macro_f1"],
+        "macro_f1_interval": intervals.get("macro_f1"),
+        "balanced_accuracy": metrics["balanced_accuracy"],
+        "roc_auc_macro": metrics["roc_auc"]["macro"],
+        "ece": metrics["ece"],
+        "ece_uncalibrated": metrics["ece_uncalibrated"],
+        "recall": {label: metrics["per_class"][label]["recall"] for label in LABELS},
+        "recall_interval": intervals.get("recall"),
+        "support": {label: metrics["per_class"][label]["support"] for label in LABELS},
+        "interval_confidence": intervals.get("confidence"),
+    }
+
+
+def _measured_limitations(card: dict[str, Any]) -> list[str]:
+    notes = []
+    for subset, name in (("leak_free", "leak-free "), ("splits", "")):
+        for split, scores in card["evaluation"][subset].items():
+            few = [DISPLAY_NAMES[c] for c, n in scores["support"].items() if 0 < n < 10]
+            if few:
+                notes.append(
+                    f"The {name}{split} set has fewer than 10 images of {', '.join(few)}: "
+                    "their recall is known only roughly (see its interval)."
+                )
+            interval = scores["accuracy_interval"]
+            if interval and interval["high"] - interval["low"] > 0.15:
+                notes.append(
+                    f"On {name}{split} ({scores['n_images']} images) the accuracy's interval is "
+                    f"{interval['low']:.2f}-{interval['high']:.2f} wide: too few images for a "
+                    "precise figure."
+                )
+    if card["data"]["cross_split_groups"]:
+        notes.append(
+            f"{card['data']['cross_split_groups']} groups of identical or near-identical images "
+            "span several splits; the leak-free figures leave them out."
+        )
+    if card["data"]["files_with_conflicting_labels"]:
+        notes.append(
+            f"{card['data']['files_with_conflicting_labels']} files are copies of one image "
+            "under different labels; they were not trained on."
+        )
+    if card["model"]["weights"].get("fallback_reason"):
+        notes.append(
+            f"The pretrained weights are {card['model']['weights'].get('used')}, not ImageNet's: "
+            f"{card['model']['weights']['fallback_reason']}."
+        )
+    return notes
+
+
+def render_markdown(card: dict[str, Any]) -> str:
+    """The card for people: Markdown with the same figures, rounded to 3 decimals."""
+    lines = [
+        f"# Model card: {card['model']['name']}",
+        "",
+        f"> **{card['warning']}**",
+        "",
+        "## Intended use",
+        "",
+        card["intended_use"],
+        "",
+        f"Classes: {', '.join(DISPLAY_NAMES[c] for c in card['model']['classes'])}.",
+        "",
+        "## Data",
+        "",
+    ]
+    data = card["data"]
+    lines += [
+        f"- Source: `{data['source']}` ({data['split_source']} split); {data['n_files']} files, "
+        f"{data['n_images']} images, {data['n_distinct_contents']} distinct.",
+        f"- Exact duplicate groups: {data['exact_duplicate_groups']}; near-duplicate groups: "
+        f"{data['near_duplicate_groups']}; groups across splits: {data['cross_split_groups']}.",
+        f"- Files with conflicting labels (not trained on): "
+        f"{data['files_with_conflicting_labels']}; unreadable: {data['unreadable_files']}; "
+        f"skipped (not images): {data['skipped_non_images']}.",
+        "",
+        "| split | " + " | ".join(DISPLAY_NAMES[c] for c in LABELS) + " |",
+        "|---|" + "---:|" * len(LABELS),
+    ]
+    for split, counts in (data["counts"] or {}).items():
+        lines.append(f"| {split} | " + " | ".join(str(counts.get(c, 0)) for c in LABELS) + " |")
+    weights = card["model"]["weights"]
+    training = card["training"]
+    lines += [
+        "",
+        "## Model and training",
+        "",
+        f"- VGG16 convolutions (frozen) with weights `{weights.get('used')}` (asked for "
+        f"`{weights.get('requested')}`), a new head for the four classes.",
+        f"- Epochs chosen on a held-out {training['holdout_images']} images of train+valid "
+        f"(monitor: {training['monitor']}): head {training['phase1_epochs']}, "
+        f"block 5 with the head {training['phase2_epochs']}.",
+        "",
+        "## Evaluation",
+        "",
+    ]
+    for subset, title in (("splits", "official split"), ("leak_free", "leak-free")):
+        for split, scores in card["evaluation"][subset].items():
+            confidence = scores["interval_confidence"]
+            lines += [
+                f"### {split}, {title} ({scores['n_images']} images)",
+                "",
+                f"| metric | value | {_percent(confidence)}interval |",
+                "|---|---:|---|",
+                f"| accuracy | {_number(scores['accuracy'])} | "
+                f"{_interval(scores['accuracy_interval'])} |",
+                f"| macro-F1 | {_number(scores['macro_f1'])} | "
+                f"{_interval(scores['macro_f1_interval'])} |",
+                f"| balanced accuracy | {_number(scores['balanced_accuracy'])} | |",
+                f"| ROC-AUC (macro) | {_number(scores['roc_auc_macro'])} | |",
+                f"| ECE (uncalibrated -> calibrated) | {_number(scores['ece_uncalibrated'])} -> "
+                f"{_number(scores['ece'])} | |",
+            ]
+            for label in LABELS:
+                interval = (scores["recall_interval"] or {}).get(label)
+                lines.append(
+                    f"| recall, {DISPLAY_NAMES[label]} ({scores['support'][label]}) | "
+                    f"{_number(scores['recall'][label])} | {_interval(interval)} |"
+                )
+            lines.append("")
+    calibration = card["calibration"]
+    lines += [
+        "## Calibration",
+        "",
+        f"Temperature {_number(calibration.get('temperature'))}, fitted on "
+        f"{calibration.get('fitted_on')} ({calibration.get('n_images')} images).",
+        "",
+        "## Out-of-distribution images",
+        "",
+        "No detector yet: every image, a chest CT slice or not, gets one of the four answers."
+        if card["out_of_distribution"] is None
+        else str(card["out_of_distribution"]),
+        "",
+        "## Numeric precision",
+        "",
+        f"Served by default: {card['precision']['served_by_default']} "
+        f"({card['precision']['reason']}). Passed the gate: "
+        + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in card["precision"]["passed"].items())
+        + ".",
+        "",
+        "## Known limitations",
+        "",
+        *[f"- {note}" for note in card["limitations"]],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _interval(interval: dict[str, float] | None) -> str:
+    return "" if not interval else f"{interval['low']:.3f}-{interval['high']:.3f}"
+
+
+def _percent(confidence: float | None) -> str:
+    return "" if confidence is None else f"{confidence:.0%} "
