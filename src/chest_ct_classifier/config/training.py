@@ -52,6 +52,11 @@ class PhaseSettings(Settings):
     learning_rate: float = Field(gt=0.0)
 
 
+class OutOfDistributionSettings(Settings):
+    target_false_rejection: float = Field(gt=0.0, lt=0.5)
+    """Share of held-out chest CT slices the detector may flag: it sets the threshold."""
+
+
 class TrainingParameters(Settings):
     activation_batch_size: int = Field(ge=1)
     """Images per forward pass of the frozen layers."""
@@ -67,3 +72,4 @@ class TrainingParameters(Settings):
     """The head alone, on its cached input vector of every view."""
     phase2: PhaseSettings
     """Block 5 and the head, one random view per image and epoch."""
+    ood: OutOfDistributionSettings

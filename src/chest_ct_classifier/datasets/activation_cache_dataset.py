@@ -1,32 +1,44 @@
-"""The activation cache as an ``.npz`` of plain arrays: loading it runs no code (no pickle)."""
+"""Typed bundles of arrays (the activation cache, the out-of-distribution detector) as ``.npz``
+files of plain arrays: loading one runs no code (no pickle)."""
 
 from __future__ import annotations
 
 import os
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 from kedro.io import AbstractDataset
 
 from chest_ct_classifier.model.activation_cache import ActivationCache
+from chest_ct_classifier.model.ood import OodDetector
 
 
-class ActivationCacheDataset(AbstractDataset[ActivationCache, ActivationCache]):
-    """Saves an ActivationCache as one uncompressed ``.npz`` (written to a temporary file in the
-    same folder, then renamed: a killed run never leaves half a cache); loads it with
-    ``allow_pickle=False``, so a tampered file is an error, never code that runs."""
+class _Arrays(Protocol):
+    def arrays(self) -> dict[str, np.ndarray]: ...
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> Any: ...
+
+
+class ArraysDataset(AbstractDataset[Any, Any]):
+    """Saves an object of ``kind`` (``arrays()`` / ``from_arrays()``) as one uncompressed
+    ``.npz``, written to a partial file of its own in the same folder and then renamed (a killed
+    run never leaves half a file); loads it with ``allow_pickle=False``, so a tampered file is
+    an error, never code that runs."""
+
+    kind: ClassVar[type[_Arrays]]
 
     def __init__(self, filepath: str, metadata: dict[str, Any] | None = None) -> None:
         self._filepath = Path(filepath)
         self.metadata = metadata
 
-    def load(self) -> ActivationCache:
+    def load(self) -> Any:
         with np.load(self._filepath, allow_pickle=False) as arrays:
-            return ActivationCache.from_arrays({name: arrays[name] for name in arrays.files})
+            return self.kind.from_arrays({name: arrays[name] for name in arrays.files})
 
-    def save(self, data: ActivationCache) -> None:
+    def save(self, data: Any) -> None:
         self._filepath.parent.mkdir(parents=True, exist_ok=True)
         # a name of its own (two runs never share a partial file), created with the usual
         # permissions (mkstemp's would be private to this user)
@@ -43,4 +55,12 @@ class ActivationCacheDataset(AbstractDataset[ActivationCache, ActivationCache]):
         return self._filepath.is_file()
 
     def _describe(self) -> dict[str, Any]:
-        return {"filepath": str(self._filepath)}
+        return {"filepath": str(self._filepath), "kind": self.kind.__name__}
+
+
+class ActivationCacheDataset(ArraysDataset):
+    kind = ActivationCache
+
+
+class OodDetectorDataset(ArraysDataset):
+    kind = OodDetector

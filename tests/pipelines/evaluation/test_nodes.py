@@ -4,6 +4,7 @@ import pytest
 
 from chest_ct_classifier.images.labels import LABELS
 from chest_ct_classifier.model.activation_cache import ActivationCache
+from chest_ct_classifier.model.architecture import build_classifier
 from chest_ct_classifier.pipelines.evaluation.nodes import (
     evaluate_classifier,
     metrics_for_mlflow,
@@ -21,6 +22,8 @@ WEIGHTS = {
     "fallback_reason": "offline",
 }
 CALIBRATION = {"temperature": 2.0, "fitted_on": "valid", "n_images": 4}
+OOD = {"detector": {"method": "m", "threshold": 1.0, "target_false_rejection": 0.02},
+       "in_distribution": {}, "reference": {}}  # fmt: skip
 PARAMS = settings("evaluation", {"batch_size": 3, "calibration_bins": 15})
 
 
@@ -47,7 +50,7 @@ def cache():
 
 
 def test_report_has_each_present_split_and_the_weights(tiny_model, cache):
-    report = evaluate_classifier(tiny_model, cache, WEIGHTS, CALIBRATION, PARAMS)
+    report = evaluate_classifier(tiny_model, cache, WEIGHTS, CALIBRATION, OOD, PARAMS)
     assert set(report["splits"]) == {"valid", "test"}
     assert report["weights"]["used"] == "hed_bsds500"
     assert report["splits"]["test"]["n_images"] == 4
@@ -58,12 +61,12 @@ def test_report_has_each_present_split_and_the_weights(tiny_model, cache):
 
 def test_missing_test_split_is_skipped(tiny_model, cache):
     no_test = cache.with_rows(split=np.array(["train"] * 8 + ["valid"] * 4))
-    report = evaluate_classifier(tiny_model, no_test, WEIGHTS, CALIBRATION, PARAMS)
+    report = evaluate_classifier(tiny_model, no_test, WEIGHTS, CALIBRATION, OOD, PARAMS)
     assert list(report["splits"]) == ["valid"] == list(report["leak_free"])
 
 
 def test_mlflow_metrics_are_flat_scalars(tiny_model, cache):
-    report = evaluate_classifier(tiny_model, cache, WEIGHTS, CALIBRATION, PARAMS)
+    report = evaluate_classifier(tiny_model, cache, WEIGHTS, CALIBRATION, OOD, PARAMS)
     flat = metrics_for_mlflow(report)
     assert flat["valid_accuracy"] == {"value": report["splits"]["valid"]["accuracy"], "step": 0}
     assert "test_recall_squamous_cell_carcinoma" in flat
@@ -76,7 +79,7 @@ def test_mlflow_metrics_are_flat_scalars(tiny_model, cache):
 
 
 def test_mlflow_metrics_include_balanced_accuracy_and_roc_auc(tiny_model, cache):
-    report = evaluate_classifier(tiny_model, cache, WEIGHTS, CALIBRATION, PARAMS)
+    report = evaluate_classifier(tiny_model, cache, WEIGHTS, CALIBRATION, OOD, PARAMS)
     flat = metrics_for_mlflow(report)
     test = report["splits"]["test"]
     assert flat["test_balanced_accuracy"] == {"value": test["balanced_accuracy"], "step": 0}
@@ -94,7 +97,7 @@ def test_mlflow_metrics_include_balanced_accuracy_and_roc_auc(tiny_model, cache)
 
 
 def test_confusion_figure_shows_counts_and_normalized_side_by_side(tiny_model, cache):
-    report = evaluate_classifier(tiny_model, cache, WEIGHTS, CALIBRATION, PARAMS)
+    report = evaluate_classifier(tiny_model, cache, WEIGHTS, CALIBRATION, OOD, PARAMS)
     figure = plot_confusion_matrices(report)
     axes = figure.axes
     assert len(axes) == 2 * 4  # valid, test, and their leak-free subsets
@@ -111,14 +114,14 @@ def test_confusion_figure_shows_counts_and_normalized_side_by_side(tiny_model, c
 
     no_test = cache.with_rows(split=np.array(["train"] * 8 + ["valid"] * 4))
     figure = plot_confusion_matrices(
-        evaluate_classifier(tiny_model, no_test, WEIGHTS, CALIBRATION, PARAMS)
+        evaluate_classifier(tiny_model, no_test, WEIGHTS, CALIBRATION, OOD, PARAMS)
     )
     assert len(figure.axes) == 2 * 2
     plt.close(figure)
 
 
 def test_roc_figure_has_one_panel_per_evaluated_subset(tiny_model, cache):
-    report = evaluate_classifier(tiny_model, cache, WEIGHTS, CALIBRATION, PARAMS)
+    report = evaluate_classifier(tiny_model, cache, WEIGHTS, CALIBRATION, OOD, PARAMS)
     figure = plot_roc_curves(report)
     assert len(figure.axes) == 4
     by_title = {axis.get_title().split(" (")[0]: axis for axis in figure.axes}
@@ -141,7 +144,9 @@ def test_roc_figure_has_one_panel_per_evaluated_subset(tiny_model, cache):
     plt.close(figure)
 
     no_test = cache.with_rows(split=np.array(["train"] * 8 + ["valid"] * 4))
-    figure = plot_roc_curves(evaluate_classifier(tiny_model, no_test, WEIGHTS, CALIBRATION, PARAMS))
+    figure = plot_roc_curves(
+        evaluate_classifier(tiny_model, no_test, WEIGHTS, CALIBRATION, OOD, PARAMS)
+    )
     assert len(figure.axes) == 2
     plt.close(figure)
 
@@ -164,9 +169,9 @@ def test_roc_figure_when_no_class_has_a_curve():
 
 
 def test_ece_before_calibration_is_computed_from_the_temperature(tiny_model, cache):
-    report = evaluate_classifier(tiny_model, cache, WEIGHTS, CALIBRATION, PARAMS)
+    report = evaluate_classifier(tiny_model, cache, WEIGHTS, CALIBRATION, OOD, PARAMS)
     unit = evaluate_classifier(
-        tiny_model, cache, WEIGHTS, {**CALIBRATION, "temperature": 1.0}, PARAMS
+        tiny_model, cache, WEIGHTS, {**CALIBRATION, "temperature": 1.0}, OOD, PARAMS
     )
     valid = report["splits"]["valid"]
     assert 0.0 <= valid["ece"] <= 1.0
@@ -251,3 +256,46 @@ def test_reduced_precisions_are_checked_against_fp32_on_valid_and_test(tiny_mode
 
     assert report["model_fingerprint"] == model_fingerprint(tiny_model)
     assert len(report["int8_fingerprint"]) == 16
+
+
+def test_the_ood_detector_is_fitted_on_train_and_measured_on_what_it_never_chose_on(
+    tiny_model, sample_images
+):
+    from chest_ct_classifier.datasets.reference_images_dataset import ReferenceImagesDataset
+    from chest_ct_classifier.model.numeric_precision import model_fingerprint
+    from chest_ct_classifier.pipelines.data_ingestion.nodes import (
+        assess_data_quality,
+        index_images,
+    )
+    from chest_ct_classifier.pipelines.evaluation.nodes import measure_ood_detector
+    from chest_ct_classifier.pipelines.training.nodes import cache_activations, fit_ood_detector
+
+    files = {p: (lambda d=d: d) for p, d in sample_images.items()}
+    params = settings(
+        "data_ingestion",
+        {"source": "sample", "split": {"mode": "official", "ratios": {"train": 1}, "seed": 0}},
+    )
+    table, _, _ = assess_data_quality(index_images(files, params)[0], params)
+    training = settings("training", {"activation_batch_size": 16, "augmentation": {"views": 1}})
+    cache = cache_activations(files, table, tiny_model, training)
+    held_out = {"paths": [p for p in cache.path if p.startswith("Data/valid/")]}
+    detector = fit_ood_detector(tiny_model, cache, held_out, training)
+    assert detector.model_fingerprint == model_fingerprint(tiny_model)
+    assert detector.target_false_rejection == training.ood.target_false_rejection
+
+    reference = ReferenceImagesDataset({"photo": ["chelsea"], "near": ["shepp_logan_phantom"]})
+    report = measure_ood_detector(tiny_model, detector, cache, files, reference.load())
+    assert set(report["in_distribution"]) == {"valid", "test"}
+    for subsets in report["in_distribution"].values():
+        assert subsets["official"]["n_images"] == 12
+        assert 0.0 <= subsets["official"]["flagged_share"] <= 1.0
+    far = {r["image"]: r for r in report["reference"]["images"] if r["kind"] != "near"}
+    assert far["photo/chelsea"]["detected"] and "colour" in far["photo/chelsea"]["input_check"]
+    assert far["flat/black"]["detected"] and "blank" in far["flat/black"]["input_check"]
+    assert report["reference"]["far"]["n_images"] == len(far)
+    assert 0.0 <= report["reference"]["far"]["auroc_of_score"] <= 1.0
+    assert report["reference"]["near"]["n_images"] == 1
+
+    other = build_classifier(32, None, dense_units=4, seed=1)
+    with pytest.raises(ValueError, match="fitted on other weights"):
+        measure_ood_detector(other, detector, cache, files, reference.load())

@@ -13,9 +13,11 @@ matplotlib.use("Agg")  # headless: figures are written to files, never shown
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_auc_score
 
 from chest_ct_classifier.config.evaluation import EvaluationParameters, PrecisionGateSettings
 from chest_ct_classifier.images.labels import DISPLAY_NAMES, LABELS
+from chest_ct_classifier.images.plausibility import implausibility
 from chest_ct_classifier.images.preprocessing import (
     decode_image,
     image_to_array,
@@ -23,7 +25,13 @@ from chest_ct_classifier.images.preprocessing import (
     scale_for_vgg16,
 )
 from chest_ct_classifier.model.activation_cache import ActivationCache, row_probabilities
-from chest_ct_classifier.model.architecture import image_size_of
+from chest_ct_classifier.model.architecture import (
+    CACHED_LAYER,
+    FEATURE_LAYER,
+    feature_extractor,
+    image_size_of,
+    model_after,
+)
 from chest_ct_classifier.model.batches import map_batches
 from chest_ct_classifier.model.calibration import (
     expected_calibration_error,
@@ -43,6 +51,9 @@ from chest_ct_classifier.model.numeric_precision import (
     model_fingerprint,
     passes_gate,
 )
+from chest_ct_classifier.model.ood import METHOD as OOD_METHOD
+from chest_ct_classifier.model.ood import OodDetector
+from chest_ct_classifier.model.two_phase_training import predict_in_batches
 from chest_ct_classifier.registry.champion_gate import MODEL_NAME
 from chest_ct_classifier.scoring.bootstrap import bootstrap_intervals
 from chest_ct_classifier.scoring.metrics import classification_metrics
@@ -58,6 +69,7 @@ def evaluate_classifier(
     cache: ActivationCache,
     weights_info: dict[str, Any],
     calibration: dict[str, Any],
+    ood_report: dict[str, Any],
     parameters: EvaluationParameters,
 ) -> dict[str, Any]:
     """Metrics of the trained model on each evaluated split present in the data, on the official
@@ -74,6 +86,11 @@ def evaluate_classifier(
     report: dict[str, Any] = {
         "weights": weights_info,
         "calibration": calibration,
+        "out_of_distribution": {
+            "detector": ood_report["detector"],
+            "in_distribution": ood_report["in_distribution"],
+            "reference": {k: v for k, v in ood_report["reference"].items() if k != "images"},
+        },
         "splits": {},
         "leak_free": {},
         "reliability": {},
@@ -119,6 +136,111 @@ def evaluate_classifier(
     return report
 
 
+NEAR_KINDS = ("near",)
+"""Reference kinds that are medical or CT-like (a CT phantom): reported apart from the far ones."""
+
+
+def measure_ood_detector(
+    model: keras.Model,
+    detector: OodDetector,
+    cache: ActivationCache,
+    images: dict[str, Callable[[], bytes]],
+    reference_images: dict[str, Callable[[], bytes]],
+) -> dict[str, Any]:
+    """How the out-of-distribution check (input checks, then the detector's score) treats valid
+    and test chest CT slices (it should let them through) and images that are not CT (it
+    should stop them).
+
+    Nothing here is fitted or tuned: the input checks' limits were set from train and valid
+    images' statistics and the score's threshold on the schedule's hold-out, so every figure is
+    a measurement on images the check never chose anything on.
+    """
+    if detector.model_fingerprint != model_fingerprint(model):
+        raise ValueError(
+            f"the detector was fitted on other weights ({detector.model_fingerprint}) than the "
+            f"model's ({model_fingerprint(model)})"
+        )
+    to_features = model_after(model, CACHED_LAYER, until=FEATURE_LAYER)
+    report: dict[str, Any] = {
+        "detector": {
+            "method": OOD_METHOD,
+            "threshold": detector.threshold,
+            "target_false_rejection": detector.target_false_rejection,
+            "tuned_on": "nothing measured here: the score's threshold was set on the "
+            "schedule's held-out train+valid images, the input checks' limits on train and "
+            "valid images",
+        },
+        "in_distribution": {},
+        "reference": {},
+    }
+    in_scores = []
+    for split in EVALUATED_SPLITS:
+        rows = cache.split == split
+        if not rows.any():
+            continue
+        content, inverse = np.unique(cache.content[rows], return_inverse=True)
+        features = predict_in_batches(to_features, cache.activations[content], 64)
+        scores = detector.scores(features)[inverse]
+        implausible = np.array([implausibility(decode_image(images[p]())) is not None
+                                for p in cache.path[rows]])  # fmt: skip
+        flagged = implausible | (scores > detector.threshold)
+        in_scores.append(scores)
+        report["in_distribution"][split] = {
+            subset: {
+                "n_images": int(mask.sum()),
+                "flagged": int(flagged[mask].sum()),
+                "flagged_share": float(flagged[mask].mean()) if mask.any() else None,
+                "flagged_by_input_checks": int(implausible[mask].sum()),
+            }
+            for subset, mask in (
+                ("official", np.ones(rows.sum(), bool)),
+                ("leak_free", ~cache.copy_in_train[rows]),
+            )
+        }
+    size = image_size_of(model)
+    feature_model = feature_extractor(model, FEATURE_LAYER)
+    per_image = []
+    for key, load in sorted(reference_images.items()):
+        data = load()
+        reason = implausibility(decode_image(data))
+        features = np.asarray(
+            feature_model.predict_on_batch(preprocess_image_bytes(data, size)[None])
+        )
+        score = float(detector.scores(features)[0])
+        per_image.append({
+            "image": key, "kind": key.split("/")[0], "score": score,
+            "input_check": reason, "detected": reason is not None or score > detector.threshold,
+        })  # fmt: skip
+    report["reference"]["images"] = per_image
+    for group, members in (
+        ("far", [r for r in per_image if r["kind"] not in NEAR_KINDS]),
+        ("near", [r for r in per_image if r["kind"] in NEAR_KINDS]),
+    ):
+        if not members:
+            continue
+        ood_scores = np.array([r["score"] for r in members])
+        in_all = np.concatenate(in_scores) if in_scores else np.zeros(0)
+        auroc = (
+            float(roc_auc_score(np.r_[np.zeros(len(in_all)), np.ones(len(ood_scores))],
+                                np.r_[in_all, ood_scores]))
+            if len(in_all) else None
+        )  # fmt: skip
+        report["reference"][group] = {
+            "n_images": len(members),
+            "detected": sum(r["detected"] for r in members),
+            "detection_rate": float(np.mean([r["detected"] for r in members])),
+            "detection_rate_by_score_alone": float(np.mean(ood_scores > detector.threshold)),
+            "auroc_of_score": auroc,
+        }
+    logger.info(
+        "Out-of-distribution check: flagged %s of valid/test slices; detected %s",
+        {s: v["official"]["flagged_share"] for s, v in report["in_distribution"].items()},
+        {g: report["reference"][g]["detection_rate"] for g in ("far", "near")
+         if g in report["reference"]},
+    )  # fmt: skip
+    return report
+
+
 def _evaluated(report: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     """(name for MLflow, title, metrics) of every evaluated subset."""
     return [
@@ -151,6 +273,16 @@ def metrics_for_mlflow(report: dict[str, Any]) -> dict[str, dict[str, float]]:
                 flat[f"{name}_{key}_ci_low"] = intervals[key]["low"]
                 flat[f"{name}_{key}_ci_high"] = intervals[key]["high"]
     flat["temperature"] = report["calibration"]["temperature"]
+    ood = report.get("out_of_distribution") or {}
+    for split, subsets in ood.get("in_distribution", {}).items():
+        for subset, counts in subsets.items():
+            if counts["flagged_share"] is not None:
+                name = f"{split}{'_leak_free' if subset == 'leak_free' else ''}"
+                flat[f"ood.{name}_flagged_share"] = counts["flagged_share"]
+    for group, result in ood.get("reference", {}).items():
+        flat[f"ood.{group}_detection_rate"] = result["detection_rate"]
+        if result["auroc_of_score"] is not None:
+            flat[f"ood.{group}_auroc"] = result["auroc_of_score"]
     return {name: {"value": float(value), "step": 0} for name, value in flat.items()}
 
 

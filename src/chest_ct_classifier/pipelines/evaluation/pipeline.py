@@ -9,6 +9,7 @@ from chest_ct_classifier.pipelines.inference.nodes import serving_input_example
 from .nodes import (
     check_reduced_precisions,
     evaluate_classifier,
+    measure_ood_detector,
     metrics_for_mlflow,
     plot_confusion_matrices,
     plot_grad_cam_examples,
@@ -22,12 +23,25 @@ def create_pipeline(**kwargs) -> Pipeline:
     return pipeline(
         [
             node(
+                measure_ood_detector,
+                inputs=[
+                    "trained_model",
+                    "ood_detector",
+                    "cached_activations",
+                    "ingested_images",
+                    "ood_reference_images",
+                ],
+                outputs="ood_report",
+                name="measure_ood_detector",
+            ),
+            node(
                 evaluate_classifier,
                 inputs=[
                     "trained_model",
                     "cached_activations",
                     "weights_info",
                     "calibration",
+                    "ood_report",
                     "params:evaluation",
                 ],
                 outputs="metrics",

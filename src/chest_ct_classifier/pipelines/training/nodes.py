@@ -36,7 +36,13 @@ from chest_ct_classifier.model.calibration import (
     fit_temperature,
     scale_probabilities,
 )
-from chest_ct_classifier.model.two_phase_training import PhaseResult, train_two_phase
+from chest_ct_classifier.model.numeric_precision import model_fingerprint
+from chest_ct_classifier.model.ood import OodDetector, fit_detector
+from chest_ct_classifier.model.two_phase_training import (
+    PhaseResult,
+    predict_in_batches,
+    train_two_phase,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -290,3 +296,56 @@ def calibrate_classifier(
         len(labels), fit_on, temperature, record["nll_before"], record["nll_after"],
     )  # fmt: skip
     return apply_temperature(model, temperature), record
+
+
+def fit_ood_detector(
+    model: keras.Model,
+    cache: ActivationCache,
+    holdout_predictions: dict[str, Any],
+    parameters: TrainingParameters,
+) -> OodDetector:
+    """The out-of-distribution detector of the trained model, in its own feature space (the
+    head's input vector, computed from the cached block-4 activations).
+
+    Fitted on the train images (with their augmented views) outside the schedule's grouped
+    hold-out; the threshold is set on that hold-out's images, which it never saw (no copy of
+    them is on the fitting side). Valid images on the fitting side are left out: they are not
+    training images. Test is never read.
+    """
+    held_out_paths = set(holdout_predictions["paths"])
+    held_out_content = np.unique(cache.content[np.isin(cache.path, list(held_out_paths))])
+    held_out_groups = np.unique(cache.group[np.isin(cache.content, held_out_content)])
+    fitting = (
+        (cache.split == "train") & ~cache.label_conflict & ~np.isin(cache.group, held_out_groups)
+    )
+    content, labels = contents_of(cache, fitting)
+    if len(content) == 0:
+        raise ValueError("no train images outside the hold-out to fit the detector on")
+    to_features = model_after(model, CACHED_LAYER, until=FEATURE_LAYER)
+    batch = parameters.batch_size
+
+    def features_of(activations: np.ndarray) -> np.ndarray:
+        return predict_in_batches(to_features, activations.astype(np.float32), batch)
+
+    train_features = [features_of(cache.activations[content])]
+    train_labels = [labels]
+    with_views = np.isin(content, cache.view_content)
+    if cache.n_views and with_views.any():
+        at = np.searchsorted(cache.view_content, content[with_views])
+        views = cache.view_activations[at]  # (m, V, h, w, c)
+        train_features.append(features_of(views.reshape(-1, *views.shape[2:])))
+        train_labels.append(np.repeat(labels[with_views], cache.n_views))
+    detector = fit_detector(
+        np.concatenate(train_features),
+        np.concatenate(train_labels),
+        features_of(cache.activations[held_out_content]),
+        parameters.ood.target_false_rejection,
+        model_fingerprint(model),
+    )
+    logger.info(
+        "Out-of-distribution detector: %d train images (%d vectors with views), threshold %.2f "
+        "set on %d held-out images at a %.0f%% false-rejection target",
+        len(content), sum(len(f) for f in train_labels), detector.threshold,
+        len(held_out_content), 100 * parameters.ood.target_false_rejection,
+    )  # fmt: skip
+    return detector

@@ -9,6 +9,7 @@ from .nodes import (
     cache_activations,
     calibrate_classifier,
     choose_training_schedule,
+    fit_ood_detector,
     train_classifier,
 )
 
@@ -49,6 +50,17 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 outputs=["trained_model", "calibration"],
                 name="calibrate_classifier",
+            ),
+            node(
+                fit_ood_detector,
+                inputs=[
+                    "trained_model",
+                    "cached_activations",
+                    "holdout_predictions",
+                    "params:training",
+                ],
+                outputs="ood_detector",
+                name="fit_ood_detector",
             ),
             node(
                 int8_feature_extractor,
