@@ -14,7 +14,7 @@ from chest_ct_classifier.config.parameters import (
     validate_parameters,
 )
 from chest_ct_classifier.config.training import TrainingParameters
-from tests.conftest import PROJECT_ROOT, _base_parameters
+from tests.conftest import PROJECT_ROOT, _base_parameters, _merged
 
 
 @pytest.mark.parametrize("env", ["base", "test"])
@@ -39,14 +39,11 @@ def test_every_parameters_file_has_its_model():
 
 
 def _with(section: str, key_path: str, value) -> dict:
-    parameters = {name: dict(values) for name, values in _base_parameters().items()}
-    target = parameters[section]
-    *parents, last = key_path.split(".")
-    for key in parents:
-        target[key] = dict(target[key])
-        target = target[key]
-    target[last] = value
-    return parameters
+    """conf/base's parameters with one key set."""
+    nested = value
+    for key in reversed([section, *key_path.split(".")]):
+        nested = {key: nested}
+    return _merged(_base_parameters(), nested)
 
 
 def test_a_value_outside_its_allowed_set_names_the_key_the_value_and_the_choices():

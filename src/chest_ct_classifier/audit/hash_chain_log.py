@@ -74,7 +74,8 @@ class HashChainLog:
         with self._threads, self._locked():
             line, digest = chained_line(clean, self._last_hash())
             data = line + b"\n"
-            if self._size() and self._size() + len(data) > self.max_bytes:
+            size = self._size()
+            if size and size + len(data) > self.max_bytes:
                 self._rotate()
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:

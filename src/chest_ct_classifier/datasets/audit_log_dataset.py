@@ -18,17 +18,18 @@ class AuditLogDataset(AbstractDataset[dict[str, Any], dict[str, Any]]):
 
     def __init__(self, filepath: str, metadata: dict[str, Any] | None = None) -> None:
         self._filepath = filepath
+        self._log = None if filepath.strip().lower() == OFF else HashChainLog(Path(filepath))
         self.metadata = metadata
 
     def load(self) -> dict[str, Any]:
         raise DatasetError("the audit log is written, not read: `chest-ct audit verify` checks it")
 
     def save(self, data: dict[str, Any]) -> None:
-        if self._filepath.strip().lower() != OFF:
-            HashChainLog(Path(self._filepath)).append(data)
+        if self._log is not None:
+            self._log.append(data)
 
     def _exists(self) -> bool:
-        return self._filepath.strip().lower() != OFF and Path(self._filepath).is_file()
+        return self._log is not None and self._log.path.is_file()
 
     def _describe(self) -> dict[str, Any]:
         return {"filepath": self._filepath}

@@ -1,3 +1,5 @@
+import json
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
@@ -181,7 +183,8 @@ def test_ece_before_calibration_is_computed_from_the_temperature(tiny_model, cac
     assert valid["ece"] == unit["splits"]["valid"]["ece"]  # same model, same probabilities
 
 
-def test_grad_cam_examples_show_a_correct_and_a_wrong_answer_per_class(tiny_model, sample_images):
+def _sample_cache(tiny_model, sample_images, training_overrides: dict):
+    """The bundled sample (official split) as readers and as the training pipeline caches it."""
     from chest_ct_classifier.pipelines.data_ingestion.nodes import (
         assess_data_quality,
         index_images,
@@ -194,13 +197,16 @@ def test_grad_cam_examples_show_a_correct_and_a_wrong_answer_per_class(tiny_mode
         {"source": "sample", "split": {"mode": "official", "ratios": {"train": 1}, "seed": 0}},
     )
     table, _, _ = assess_data_quality(index_images(files, params)[0], params)
-    real = cache_activations(
-        files,
-        table,
+    return files, cache_activations(
+        files, table, tiny_model, settings("training", training_overrides)
+    )
+
+
+def test_grad_cam_examples_show_a_correct_and_a_wrong_answer_per_class(tiny_model, sample_images):
+    files, real = _sample_cache(
         tiny_model,
-        settings(
-            "training", {"activation_batch_size": 16, "seed": 0, "augmentation": {"views": 0}}
-        ),
+        sample_images,
+        {"activation_batch_size": 16, "seed": 0, "augmentation": {"views": 0}},
     )
 
     figure = plot_grad_cam_examples(tiny_model, files, real, PARAMS)
@@ -263,28 +269,20 @@ def test_the_ood_detector_is_fitted_on_train_and_measured_on_what_it_never_chose
 ):
     from chest_ct_classifier.datasets.reference_images_dataset import ReferenceImagesDataset
     from chest_ct_classifier.model.numeric_precision import model_fingerprint
-    from chest_ct_classifier.pipelines.data_ingestion.nodes import (
-        assess_data_quality,
-        index_images,
-    )
     from chest_ct_classifier.pipelines.evaluation.nodes import measure_ood_detector
-    from chest_ct_classifier.pipelines.training.nodes import cache_activations, fit_ood_detector
+    from chest_ct_classifier.pipelines.training.nodes import fit_ood_detector
 
-    files = {p: (lambda d=d: d) for p, d in sample_images.items()}
-    params = settings(
-        "data_ingestion",
-        {"source": "sample", "split": {"mode": "official", "ratios": {"train": 1}, "seed": 0}},
-    )
-    table, _, _ = assess_data_quality(index_images(files, params)[0], params)
-    training = settings("training", {"activation_batch_size": 16, "augmentation": {"views": 1}})
-    cache = cache_activations(files, table, tiny_model, training)
+    overrides = {"activation_batch_size": 16, "augmentation": {"views": 1}}
+    training = settings("training", overrides)
+    files, cache = _sample_cache(tiny_model, sample_images, overrides)
     held_out = {"paths": [p for p in cache.path if p.startswith("Data/valid/")]}
     detector = fit_ood_detector(tiny_model, cache, held_out, training)
     assert detector.model_fingerprint == model_fingerprint(tiny_model)
     assert detector.target_false_rejection == training.ood.target_false_rejection
 
     reference = ReferenceImagesDataset({"photo": ["chelsea"], "near": ["shepp_logan_phantom"]})
-    report = measure_ood_detector(tiny_model, detector, cache, files, reference.load())
+    report = measure_ood_detector(tiny_model, detector, cache, files, reference.load(), PARAMS)
+    json.dumps(report)  # written by a JSON dataset: plain Python values only
     assert set(report["in_distribution"]) == {"valid", "test"}
     for subsets in report["in_distribution"].values():
         assert subsets["official"]["n_images"] == 12
@@ -298,4 +296,4 @@ def test_the_ood_detector_is_fitted_on_train_and_measured_on_what_it_never_chose
 
     other = build_classifier(32, None, dense_units=4, seed=1)
     with pytest.raises(ValueError, match="fitted on other weights"):
-        measure_ood_detector(other, detector, cache, files, reference.load())
+        measure_ood_detector(other, detector, cache, files, reference.load(), PARAMS)

@@ -24,13 +24,15 @@ from chest_ct_classifier.images.preprocessing import (
     preprocess_image_bytes,
     scale_for_vgg16,
 )
-from chest_ct_classifier.model.activation_cache import ActivationCache, row_probabilities
+from chest_ct_classifier.model.activation_cache import (
+    ActivationCache,
+    cached_features,
+    row_probabilities,
+)
 from chest_ct_classifier.model.architecture import (
-    CACHED_LAYER,
     FEATURE_LAYER,
     feature_extractor,
     image_size_of,
-    model_after,
 )
 from chest_ct_classifier.model.batches import map_batches
 from chest_ct_classifier.model.calibration import (
@@ -146,6 +148,7 @@ def measure_ood_detector(
     cache: ActivationCache,
     images: dict[str, Callable[[], bytes]],
     reference_images: dict[str, Callable[[], bytes]],
+    parameters: EvaluationParameters,
 ) -> dict[str, Any]:
     """How the out-of-distribution check (input checks, then the detector's score) treats valid
     and test chest CT slices (it should let them through) and images that are not CT (it
@@ -160,7 +163,7 @@ def measure_ood_detector(
             f"the detector was fitted on other weights ({detector.model_fingerprint}) than the "
             f"model's ({model_fingerprint(model)})"
         )
-    to_features = model_after(model, CACHED_LAYER, until=FEATURE_LAYER)
+    batch = parameters.batch_size
     report: dict[str, Any] = {
         "detector": {
             "method": OOD_METHOD,
@@ -179,8 +182,8 @@ def measure_ood_detector(
         if not rows.any():
             continue
         content, inverse = np.unique(cache.content[rows], return_inverse=True)
-        features = predict_in_batches(to_features, cache.activations[content], 64)
-        scores = detector.scores(features)[inverse]
+        scores = detector.scores(cached_features(model, cache.activations[content], batch))
+        scores = scores[inverse]
         implausible = np.array([implausibility(decode_image(images[p]())) is not None
                                 for p in cache.path[rows]])  # fmt: skip
         flagged = implausible | (scores > detector.threshold)
@@ -198,20 +201,23 @@ def measure_ood_detector(
             )
         }
     size = image_size_of(model)
-    feature_model = feature_extractor(model, FEATURE_LAYER)
-    per_image = []
-    for key, load in sorted(reference_images.items()):
-        data = load()
-        reason = implausibility(decode_image(data))
-        features = np.asarray(
-            feature_model.predict_on_batch(preprocess_image_bytes(data, size)[None])
+    keys = sorted(reference_images)
+    files = [reference_images[key]() for key in keys]
+    reasons = [implausibility(decode_image(data)) for data in files]
+    scores = detector.scores(
+        predict_in_batches(
+            feature_extractor(model, FEATURE_LAYER),
+            np.stack([preprocess_image_bytes(data, size) for data in files]),
+            batch,
         )
-        score = float(detector.scores(features)[0])
-        per_image.append({
-            "image": key, "kind": key.split("/")[0], "score": score,
-            "input_check": reason, "detected": reason is not None or score > detector.threshold,
-        })  # fmt: skip
+    )
+    per_image = [
+        {"image": key, "kind": key.split("/")[0], "score": float(score), "input_check": reason,
+         "detected": bool(reason is not None or score > detector.threshold)}
+        for key, reason, score in zip(keys, reasons, scores, strict=True)
+    ]  # fmt: skip
     report["reference"]["images"] = per_image
+    in_all = np.concatenate(in_scores) if in_scores else np.zeros(0)
     for group, members in (
         ("far", [r for r in per_image if r["kind"] not in NEAR_KINDS]),
         ("near", [r for r in per_image if r["kind"] in NEAR_KINDS]),
@@ -219,7 +225,6 @@ def measure_ood_detector(
         if not members:
             continue
         ood_scores = np.array([r["score"] for r in members])
-        in_all = np.concatenate(in_scores) if in_scores else np.zeros(0)
         auroc = (
             float(roc_auc_score(np.r_[np.zeros(len(in_all)), np.ones(len(ood_scores))],
                                 np.r_[in_all, ood_scores]))

@@ -30,6 +30,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "cached_activations",
                     "ingested_images",
                     "ood_reference_images",
+                    "params:evaluation",
                 ],
                 outputs="ood_report",
                 name="measure_ood_detector",

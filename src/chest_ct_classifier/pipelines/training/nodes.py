@@ -18,6 +18,7 @@ from chest_ct_classifier.images.preprocessing import decode_image, image_to_arra
 from chest_ct_classifier.images.splitting import grouped_split
 from chest_ct_classifier.model.activation_cache import (
     ActivationCache,
+    cached_features,
     cached_images,
     content_probabilities,
     contents_of,
@@ -40,7 +41,6 @@ from chest_ct_classifier.model.numeric_precision import model_fingerprint
 from chest_ct_classifier.model.ood import OodDetector, fit_detector
 from chest_ct_classifier.model.two_phase_training import (
     PhaseResult,
-    predict_in_batches,
     train_two_phase,
 )
 
@@ -321,24 +321,19 @@ def fit_ood_detector(
     content, labels = contents_of(cache, fitting)
     if len(content) == 0:
         raise ValueError("no train images outside the hold-out to fit the detector on")
-    to_features = model_after(model, CACHED_LAYER, until=FEATURE_LAYER)
     batch = parameters.batch_size
-
-    def features_of(activations: np.ndarray) -> np.ndarray:
-        return predict_in_batches(to_features, activations.astype(np.float32), batch)
-
-    train_features = [features_of(cache.activations[content])]
+    train_features = [cached_features(model, cache.activations[content], batch)]
     train_labels = [labels]
     with_views = np.isin(content, cache.view_content)
     if cache.n_views and with_views.any():
         at = np.searchsorted(cache.view_content, content[with_views])
         views = cache.view_activations[at]  # (m, V, h, w, c)
-        train_features.append(features_of(views.reshape(-1, *views.shape[2:])))
+        train_features.append(cached_features(model, views.reshape(-1, *views.shape[2:]), batch))
         train_labels.append(np.repeat(labels[with_views], cache.n_views))
     detector = fit_detector(
         np.concatenate(train_features),
         np.concatenate(train_labels),
-        features_of(cache.activations[held_out_content]),
+        cached_features(model, cache.activations[held_out_content], batch),
         parameters.ood.target_false_rejection,
         model_fingerprint(model),
     )
