@@ -10,12 +10,17 @@ from chest_ct_classifier.cli import cli, format_predictions
 from chest_ct_classifier.images.labels import LABELS, probability_columns
 
 
-def test_the_table_shows_the_display_name_and_its_probability_or_the_error():
+def test_the_table_shows_the_display_name_and_its_probability_or_why_there_is_none():
     rows = [
         {"image": "scans/a.png", "label": "large_cell_carcinoma",
          **dict(zip(probability_columns(), [0.1, 0.7, 0.15, 0.05], strict=True)), "error": None},
         {"image": "scans/broken.png", "label": None,
          **dict.fromkeys(probability_columns()), "error": "not a readable image"},
+        {"image": "cat.jpg", "status": "out_of_distribution", "label": None,
+         **dict(zip(probability_columns(), [0.9, 0.05, 0.03, 0.02], strict=True)),
+         "ood_reason": "a colour image: CT slices are grey", "error": None},
+        {"image": "scans/b.png", "status": "uncertain", "label": "normal",
+         **dict(zip(probability_columns(), [0.3, 0.2, 0.4, 0.1], strict=True)), "error": None},
     ]  # fmt: skip
     table = format_predictions(pd.DataFrame(rows)).splitlines()
     assert table[0].split() == ["image", "predicted", "probability", "note"]
@@ -24,6 +29,10 @@ def test_the_table_shows_the_display_name_and_its_probability_or_the_error():
     assert (
         table[3].startswith("scans/broken.png") and "unreadable: not a readable image" in table[3]
     )
+    # refused: no type and no probability shown, the reason instead
+    assert table[4].split()[:2] == ["cat.jpg", "-"]
+    assert "not a chest CT slice: a colour image" in table[4] and "0.9" not in table[4]
+    assert table[5].split()[-2:] == ["0.400", "uncertain"]
     assert len(LABELS) == len(probability_columns())
 
 

@@ -40,7 +40,8 @@ def predict(paths: tuple[Path, ...], project_path: Path, env: str | None) -> Non
 
     Runs the project's `inference` pipeline (the model in data/06_models, in the precision the
     gate allows), writes data/07_model_output/predictions.csv for the last PATH, and prints
-    each image's label and probability, or why it could not be read.
+    each image's label and probability, or why it has none (unreadable, or out of distribution:
+    not like the chest CT slices the model learned).
     """
     tables = [_run_inference(path.resolve(), project_path.resolve(), env) for path in paths]
     click.echo(format_predictions(pd.concat(tables, ignore_index=True)))
@@ -88,17 +89,24 @@ def verify(log: Path) -> None:
 
 
 def format_predictions(predictions: pd.DataFrame) -> str:
-    """A table a person reads: image, predicted type, its probability, or the error."""
+    """A table a person reads: image, predicted type, its probability and status (uncertain),
+    or why there is none (unreadable, or not a chest CT slice)."""
     rows = []
     for _, row in predictions.iterrows():
         error = row.get("error")
         if isinstance(error, str) and error:
             rows.append((row["image"], "-", "", f"unreadable: {error}"))
             continue
+        status = row.get("status")
+        if status == "out_of_distribution":  # no type is named for it
+            rows.append((row["image"], "-", "", f"not a chest CT slice: {row.get('ood_reason')}"))
+            continue
         probability = max(float(row[column]) for column in probability_columns())
         label = row["label"]
         shown = DISPLAY_NAMES.get(label, label) if isinstance(label, str) else "-"
-        rows.append((row["image"], shown, f"{probability:.3f}", ""))
+        rows.append(
+            (row["image"], shown, f"{probability:.3f}", "uncertain" * (status == "uncertain"))
+        )
     header = ("image", "predicted", "probability", "note")
     widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(3)]
     lines = [

@@ -11,6 +11,7 @@ from chest_ct_classifier.images.preprocessing import (
     bytes_from_base64,
     decode_image,
     fitted_rgb,
+    prepare_image,
     preprocess_image_bytes,
     scale_for_vgg16,
 )
@@ -110,6 +111,19 @@ def test_fitted_rgb_is_what_the_model_input_is_scaled_from(sample_images):
     rgb = fitted_rgb(data, SIZE)
     assert rgb.dtype == np.uint8 and rgb.shape == (SIZE, SIZE, 3)
     np.testing.assert_array_equal(scale_for_vgg16(rgb), preprocess_image_bytes(data, SIZE))
+
+
+def test_prepare_image_is_the_model_input_and_the_input_checks_of_one_decode(sample_images):
+    data = next(iter(sample_images.values()))
+    prepared = prepare_image(data, SIZE)
+    np.testing.assert_array_equal(prepared.rgb, fitted_rgb(data, SIZE))
+    np.testing.assert_array_equal(prepared.model_input, preprocess_image_bytes(data, SIZE))
+    assert prepared.input_problem is None  # a chest CT slice
+    colour = np.zeros((64, 64, 3), np.uint8)
+    colour[..., 0] = np.arange(64) * 4  # red ramp
+    assert "colour" in prepare_image(_encode(Image.fromarray(colour)), SIZE).input_problem
+    with pytest.raises(ImageTooLargeError):
+        prepare_image(data, SIZE, max_pixels=10)
 
 
 def test_base64_text_with_line_breaks_or_a_data_prefix_decodes():

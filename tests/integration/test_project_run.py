@@ -28,6 +28,7 @@ from chest_ct_classifier.model.numeric_precision import (
     model_fingerprint,
     select_forward,
 )
+from chest_ct_classifier.pipelines.inference.nodes import PREDICTION_COLUMNS
 from tests.conftest import PROJECT_ROOT, run_tool
 
 pytestmark = pytest.mark.slow
@@ -152,7 +153,13 @@ def test_registered_model_predicts_images_outside_the_project(project, sample_im
     assert "/code/chest_ct_classifier/" in result.stdout.strip().splitlines()[-1]
     served = pd.read_csv(tmp_path / "served.csv")
     assert list(served["image"]) == list(range(len(paths)))
-    assert served["error"].isna().all() and set(served["label"]) <= set(LABELS)
+    assert served["error"].isna().all()
+    # every answer carries its status; a slice the detector refuses has no label
+    assert set(served["status"]) <= {"ok", "uncertain", "out_of_distribution"}
+    refused = served["status"] == "out_of_distribution"
+    assert served.loc[refused, "label"].isna().all()
+    assert set(served.loc[~refused, "label"]) <= set(LABELS)
+    assert served["ood_score"].notna().all()
     # the same answers as the project's calibrated model on the same preprocessing, in the
     # precision the run's gate chose (inference.precision: auto), in one batch as served
     inputs = np.stack([preprocess_image_bytes(sample_images[p], 64) for p in paths])
@@ -198,18 +205,22 @@ def test_inference_predicts_an_unseen_nested_folder_with_a_corrupt_file(project,
     )
 
     predictions = pd.read_csv(project / "data/07_model_output/predictions.csv")
-    assert list(predictions.columns) == ["image", "label", *probability_columns(), "error"]
+    assert list(predictions.columns) == PREDICTION_COLUMNS
     assert sorted(predictions["image"]) == sorted([*targets, "a/corrupt scan.png"])
     corrupt = predictions.set_index("image").loc["a/corrupt scan.png"]
     assert pd.isna(corrupt["label"]) and "not a readable image" in corrupt["error"]
+    assert corrupt["status"] == "unreadable"
     readable = predictions[predictions["error"].isna()]
-    assert len(readable) == 4 and set(readable["label"]) <= set(LABELS)
+    assert len(readable) == 4 and readable["ood_score"].notna().all()
+    assert set(readable["label"].dropna()) <= set(LABELS)
+    assert readable["label"].isna().eq(readable["status"] == "out_of_distribution").all()
     assert readable[probability_columns()].sum(axis=1).round(4).eq(1.0).all()
     # the run is in the audit log, chained with everything before it
     runs = [json.loads(line) for line in (project / "logs/audit.jsonl").read_text().splitlines()]
     (this_run,) = [r for r in runs if r.get("input") == str(unseen)]
     assert this_run["kind"] == "batch_inference" and this_run["n_files"] == 5
-    assert this_run["n_unreadable"] == 1 and sum(this_run["labels"].values()) == 4
+    assert this_run["n_unreadable"] == 1 and sum(this_run["statuses"].values()) == 5
+    assert sum(this_run["labels"].values()) == readable["label"].notna().sum()
     assert len(this_run["model"]["fingerprint"]) == 16
     assert verify(project / "logs/audit.jsonl").ok
 
@@ -334,3 +345,9 @@ def test_web_app_serves_the_trained_model_from_the_catalog_or_the_registry(
     np.testing.assert_allclose(
         [served["answer"]["probabilities"][label] for label in LABELS], probabilities[0], atol=1e-5
     )
+    # the detector trained with this model, from beside the file or from the registered version
+    assert model["ood_detector"]["threshold"] == pytest.approx(
+        json.loads((project / "data/08_reporting/ood.json").read_text())["detector"]["threshold"]
+    )
+    assert served["answer"]["ood"]["threshold"] == pytest.approx(model["ood_detector"]["threshold"])
+    assert served["answer"]["ood"]["score"] is not None

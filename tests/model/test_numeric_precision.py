@@ -71,6 +71,26 @@ def test_int8_answers_do_not_depend_on_the_batch_they_come_in(tiny_model, int8_m
     assert traced_forward(tiny_model)(inputs[:0]).shape == (0, len(LABELS))
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+def test_every_path_also_gives_the_head_input_vectors_it_computed(
+    tiny_model, int8_model, inputs, precision
+):
+    from chest_ct_classifier.model.architecture import feature_extractor
+
+    forward = forward_for(tiny_model, precision, int8_model)
+    probabilities, features = forward.with_features(inputs[:6])
+    np.testing.assert_array_equal(probabilities, forward(inputs[:6]))
+    reference = feature_extractor(tiny_model).predict(inputs[:6], verbose=0)
+    assert features.shape == reference.shape and features.dtype == np.float32
+    # fp32 is the model itself; the reduced paths compute near it
+    tolerance = {"fp32": 1e-4, "bf16": 0.1, "int8": 0.25}[precision]
+    scale = np.abs(reference).max()
+    np.testing.assert_allclose(features / scale, reference / scale, atol=tolerance)
+    empty_probabilities, empty_features = forward.with_features(inputs[:0])
+    assert empty_probabilities.shape == (0, len(LABELS))
+    assert empty_features.shape == (0, reference.shape[1])
+
+
 def test_int8_refuses_a_model_of_another_input_size(int8_model):
     from chest_ct_classifier.model.architecture import build_classifier
 

@@ -1,7 +1,17 @@
+import copy
+
 import numpy as np
 import pytest
 
-from chest_ct_classifier.model.ood import OodDetector, fit_detector
+from chest_ct_classifier.model.ood import (
+    NOT_CHECKED,
+    OodCheck,
+    OodDetector,
+    answer_status,
+    check,
+    fit_detector,
+    usable_detector,
+)
 
 
 def _clusters(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -33,3 +43,52 @@ def test_a_detector_round_trips_through_its_arrays_and_refuses_others():
         OodDetector.from_arrays({"threshold": np.array(1.0)})
     with pytest.raises(ValueError, match="no held-out images"):
         fit_detector(features, labels, features[:0], 0.02, "x")
+
+
+def test_a_feature_that_barely_varies_in_training_does_not_dominate_the_score():
+    features, labels = _clusters(400, 0)
+    features[:, 0] = 0.0  # a ReLU channel that is never on in training...
+    detector = fit_detector(features, labels, features[:50], 0.02, "x")
+    fresh, _ = _clusters(200, 1)
+    fresh[:, 0] = 0.01  # ...and barely on later: the image is no less a chest CT slice
+    assert np.mean(detector.scores(fresh) > detector.threshold) < 0.15
+    assert detector.scale[0] == pytest.approx(0.1 * np.median(features[:, 1:].std(axis=0)))
+
+
+def test_the_check_reports_input_problems_first_then_the_score():
+    features, labels = _clusters(100, 0)
+    detector = fit_detector(features, labels, features[:20], 0.02, "f")
+    threshold = detector.threshold
+    inside = check(detector, None, threshold * 0.5)
+    assert not inside.out_of_distribution and inside.reason is None
+    assert inside.as_dict() == {"score": threshold * 0.5, "threshold": threshold, "reason": None}
+    beyond = check(detector, None, threshold * 2)
+    assert beyond.out_of_distribution and "beyond the threshold" in beyond.reason
+    colour = check(detector, "a colour image: CT slices are grey", threshold * 0.5)
+    assert colour.out_of_distribution and colour.reason.startswith("a colour image")
+    assert colour.score == threshold * 0.5  # still reported
+    unchecked = check(None, None, None)
+    assert not unchecked.out_of_distribution and unchecked.reason == NOT_CHECKED
+    assert unchecked.score is None and unchecked.threshold is None
+    assert check(None, "nearly blank", None).out_of_distribution
+    assert check(detector, None, float("nan")).out_of_distribution
+
+
+@pytest.mark.parametrize(
+    ("top", "out", "status"),
+    [(0.9, False, "ok"), (0.45, False, "uncertain"), (0.5, False, "ok"),
+     (0.99, True, "out_of_distribution"), (0.3, True, "out_of_distribution")],
+)  # fmt: skip
+def test_answer_status(top, out, status):
+    verdict = OodCheck(out, 1.0, 2.0, "why" if out else None)
+    assert answer_status(top, verdict, 0.5) == status
+
+
+def test_only_the_detector_of_the_same_model_is_used(caplog):
+    features, labels = _clusters(60, 0)
+    detector = fit_detector(features, labels, features[:10], 0.02, "mine")
+    assert usable_detector(detector, "mine") is detector
+    assert usable_detector(detector, "other") is None
+    assert "fitted on other weights" in caplog.text
+    assert usable_detector(None, None) is None
+    assert copy.deepcopy(detector) is detector  # read-only: the served model shares it

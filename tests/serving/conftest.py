@@ -16,6 +16,8 @@ from chest_ct_classifier.images.labels import LABELS, label_from_folder
 from tests.conftest import SAMPLE_ROOT
 
 SERVED_IMAGE_SIZE = 32
+OOD_DETECTOR_FILE = "ood_detector.npz"
+"""The catalog's file name of the detector: the app reads it beside a model named by path."""
 
 
 def sample_paths() -> dict[str, list[Path]]:
@@ -30,11 +32,16 @@ def sample_paths() -> dict[str, list[Path]]:
 
 def train_small_model(path: Path, epochs: int, seed: int) -> Path:
     """A real VGG16 classifier at 32 px (HED weights), its head trained on the sample's train
-    split, saved where ``kedro run`` saves one, with the weights record beside it."""
+    split, saved where ``kedro run`` saves one, with the weights record and an
+    out-of-distribution detector beside it (fitted on the train split's features, its
+    threshold set on the valid split's)."""
     import keras
 
+    from chest_ct_classifier.datasets.activation_cache_dataset import OodDetectorDataset
     from chest_ct_classifier.images.preprocessing import preprocess_image_bytes
-    from chest_ct_classifier.model.architecture import build_classifier
+    from chest_ct_classifier.model.architecture import build_classifier, feature_extractor
+    from chest_ct_classifier.model.numeric_precision import model_fingerprint
+    from chest_ct_classifier.model.ood import fit_detector
     from chest_ct_classifier.model.pretrained_weights import load_hed_conv_weights
 
     keras.utils.set_random_seed(seed)
@@ -50,6 +57,21 @@ def train_small_model(path: Path, epochs: int, seed: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)
     (path.parent / "weights_info.json").write_text(json.dumps({"used": "hed_bsds500"}))
+    held_out = [
+        preprocess_image_bytes(image_path.read_bytes(), SERVED_IMAGE_SIZE)
+        for paths in sample_paths().values()
+        for image_path in paths
+        if "/valid/" in image_path.as_posix()
+    ]
+    features = feature_extractor(model)
+    detector = fit_detector(
+        features.predict(np.stack(images), verbose=0),
+        np.array(targets),
+        features.predict(np.stack(held_out), verbose=0),
+        0.02,
+        model_fingerprint(model),
+    )
+    OodDetectorDataset(filepath=str(path.parent / OOD_DETECTOR_FILE)).save(detector)
     return path
 
 

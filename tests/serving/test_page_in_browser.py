@@ -300,3 +300,51 @@ def test_page_without_a_model_says_how_to_train_one(browser, live_server, tmp_pa
     assert by_id(browser, "research-notice").is_displayed()
     save_screenshot(browser, tmp_path, "page_no_model")
     assert javascript_errors(browser) == []
+
+
+def photograph(path: Path) -> Path:
+    """scikit-image's camera-man photograph (grey: only the model's features can refuse it)."""
+    from skimage import data
+
+    from chest_ct_classifier.datasets.reference_images_dataset import png_bytes
+
+    path.write_bytes(png_bytes(data.camera()))
+    return path
+
+
+def test_a_photograph_is_refused_and_a_ct_slice_answered(
+    browser, live_server, trained_model_path, sample_image_path, tmp_path
+):
+    base = live_server(trained_model_path)
+    picture = photograph(tmp_path / "camera.png")
+    with picture.open("rb") as handle:
+        expected = requests.post(f"{base}/predict", files={"file": handle}, timeout=60).json()
+    assert expected["status"] == "out_of_distribution" and expected["label"] is None
+
+    open_page(browser, base)
+    choose_file(browser, picture)
+    classify_and_wait(browser)
+    refusal = by_id(browser, "result-refused")
+    assert refusal.is_displayed()
+    assert "does not look like the chest CT slices" in refusal.text
+    assert "No prediction" in refusal.text
+    assert by_id(browser, "result-refused-reason").text == expected["ood"]["reason"]
+    assert not by_id(browser, "result-answer").is_displayed()  # no type named, no confidence
+    assert not by_id(browser, "result-probabilities").is_displayed()
+    click(browser, by_id(browser, "details-toggle"))  # the raw output, behind the switch
+    shown = shown_probabilities(browser)
+    assert by_id(browser, "result-probabilities").is_displayed()
+    for name, percent in shown.items():
+        assert percent == pytest.approx(expected["probabilities"][name] * 100, abs=0.051)
+    assert browser.find_elements(By.CSS_SELECTOR, "#probability-bars > .predicted") == []
+    save_screenshot(browser, tmp_path, "page_refused")
+
+    # then a chest CT slice: a normal answer, and no trace of the refusal
+    choose_file(browser, sample_image_path("normal"))
+    classify_and_wait(browser)
+    assert not by_id(browser, "result-refused").is_displayed()
+    label = by_id(browser, "result-label")
+    assert label.is_displayed() and label.get_attribute("data-label") in LABELS
+    assert by_id(browser, "result-probabilities").is_displayed()
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#probability-bars > .predicted")) == 1
+    assert javascript_errors(browser) == []

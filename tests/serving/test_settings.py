@@ -4,6 +4,7 @@ import pytest
 import yaml
 
 from chest_ct_classifier.serving.settings import (
+    COMPANION_FILES,
     DEFAULT_TRAIN_COMMAND,
     ServingSettings,
     catalog_model_path,
@@ -24,6 +25,8 @@ def test_defaults_serve_the_file_the_catalog_names():
     assert settings.catalog_file("int8_model") == PROJECT_ROOT / catalog["int8_model"]["filepath"]
     gate = catalog["precision_gate"]["dataset"]["filepath"]
     assert settings.catalog_file("precision_gate") == PROJECT_ROOT / gate
+    for name, file_name in COMPANION_FILES.items():  # what is looked for without a catalog
+        assert settings.catalog_file(name).name == file_name
 
 
 def test_environment_overrides_every_setting(tmp_path):

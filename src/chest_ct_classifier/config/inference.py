@@ -17,3 +17,5 @@ class InferenceParameters(Settings):
     """A folder (any depth), a .zip, a URL to a .zip, or a single image."""
     batch_size: int = Field(ge=1)
     precision: Literal["auto", "fp32", "bf16", "int8"]
+    uncertain_below: float = Field(gt=0.0, lt=1.0)
+    """An answer whose top probability is below this has status ``uncertain``."""

@@ -46,11 +46,11 @@ class ReferenceImagesDataset(AbstractDataset[None, dict[str, Callable[[], bytes]
                 loader = getattr(skimage.data, name, None)
                 if loader is None:
                     raise DatasetError(f"skimage.data has no image {name!r}")
-                loaded[f"{kind}/{name}"] = lambda loader=loader: _png(loader())
+                loaded[f"{kind}/{name}"] = lambda loader=loader: png_bytes(loader())
         rng = np.random.default_rng(self._seed)
         for key, draw in SYNTHETIC.items():
             pixels = draw(rng)
-            loaded[key] = lambda pixels=pixels: _png(pixels)
+            loaded[key] = lambda pixels=pixels: png_bytes(pixels)
         return loaded
 
     def save(self, data: None) -> None:
@@ -60,7 +60,8 @@ class ReferenceImagesDataset(AbstractDataset[None, dict[str, Callable[[], bytes]
         return {"images": self._images, "seed": self._seed}
 
 
-def _png(pixels: np.ndarray) -> bytes:
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """Pixels (grey or RGB; any dtype, rescaled to 0-255 by their range) as PNG file bytes."""
     pixels = np.asarray(pixels)
     if pixels.dtype != np.uint8:
         low, high = float(pixels.min()), float(pixels.max())

@@ -1,7 +1,9 @@
 """Image bytes to model input: the one preprocessing path for training, evaluation and serving.
 
-The same bytes give the same tensor wherever they enter: the training pipeline, batch inference
-and the web app all call :func:`preprocess_image_bytes`.
+The same bytes give the same tensor wherever they enter: the training pipeline calls
+:func:`preprocess_image_bytes`; batch inference, the registered model and the web app call
+:func:`prepare_image`, which gives the same tensor and, from the same decoded pixels, what the
+input checks say about it.
 """
 
 from __future__ import annotations
@@ -10,9 +12,12 @@ import base64
 import binascii
 import io
 import struct
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from chest_ct_classifier.images.plausibility import implausibility
 
 # Caffe-style VGG16 scaling, as keras.applications.vgg16.preprocess_input: RGB -> BGR, then
 # subtract the ImageNet channel means. Written out so that serving does not import Keras for it.
@@ -138,3 +143,31 @@ def preprocess_image_bytes(
         ImageTooLargeError: the image has more than ``max_pixels`` pixels.
     """
     return scale_for_vgg16(fitted_rgb(data, image_size, max_pixels))
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """One image ready for the model, decoded once.
+
+    Attributes:
+        rgb: (size, size, 3) uint8, the square the model sees before scaling (what a heatmap
+            is drawn over).
+        model_input: (size, size, 3) float32, ``preprocess_image_bytes``'s output.
+        input_problem: why the image cannot be a CT slice (``implausibility``), or None.
+    """
+
+    rgb: np.ndarray
+    model_input: np.ndarray
+    input_problem: str | None
+
+
+def prepare_image(data: bytes, image_size: int, max_pixels: int | None = None) -> PreparedImage:
+    """Image bytes -> the model input and the input checks' verdict on the decoded image.
+
+    Raises:
+        UnreadableImageError: the bytes cannot be decoded as an image.
+        ImageTooLargeError: the image has more than ``max_pixels`` pixels.
+    """
+    image = decode_image(data, max_pixels)
+    rgb = image_to_array(image, image_size)
+    return PreparedImage(rgb, scale_for_vgg16(rgb), implausibility(image))

@@ -1,7 +1,9 @@
 """Reduced-precision forward passes of the classifier, and the gate that allows them.
 
-Three ways to compute the same probabilities, each a callable ``(n, H, W, 3) float32 model
-input -> (n, n_classes) float32 probabilities``:
+Three ways to compute the same probabilities, each a :class:`Forward`: called on ``(n, H, W, 3)
+float32 model input`` it gives ``(n, n_classes) float32 probabilities``; its ``with_features``
+also gives the head's input vectors (``FEATURE_LAYER``, what the out-of-distribution detector
+scores), computed on the way at no extra cost:
 
 - ``fp32``: the Keras model, traced once (no per-call ``predict`` overhead).
 - ``bf16``: the convolutions under Keras' ``mixed_bfloat16`` policy (bfloat16 compute, float32
@@ -26,7 +28,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import keras
 import numpy as np
@@ -38,7 +40,18 @@ PRECISIONS = ("fp32", "bf16", "int8")
 AUTO = "auto"
 """The fastest precision that passed the gate (fp32 when none did)."""
 
-Forward = Callable[[np.ndarray], np.ndarray]
+
+class Forward(Protocol):
+    """A forward pass of the classifier in one precision; safe to call from several threads."""
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """(n, n_classes) probabilities of (n, H, W, 3) model input."""
+        ...
+
+    def with_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The probabilities and the (n, d) head input vectors (``FEATURE_LAYER``)."""
+        ...
+
 
 logger = logging.getLogger(__name__)
 
@@ -68,21 +81,45 @@ def int8_fingerprint(int8_model: bytes) -> str:
     return hashlib.sha256(int8_model).hexdigest()[:16]
 
 
+class TracedForward:
+    """``model`` as one traced graph for any batch size, with two outputs: the probabilities and
+    the head's input vectors; safe to call from several threads."""
+
+    def __init__(self, model: keras.Model) -> None:
+        size = model.input_shape[1:]
+        both = keras.Model(model.input, [model.output, model.get_layer(FEATURE_LAYER).output])
+        self._graph = tf.function(
+            lambda batch: [tf.cast(output, tf.float32) for output in both(batch, training=False)],
+            input_signature=[tf.TensorSpec([None, *size], tf.float32)],
+        )
+        self._empty = [
+            np.zeros((0, *shape[1:]), np.float32)
+            for shape in (model.output_shape, model.get_layer(FEATURE_LAYER).output.shape)
+        ]
+
+    def with_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if len(batch) == 0:  # oneDNN on AVX-512 CPUs raises on a batch of none
+            return self._empty[0], self._empty[1]
+        probabilities, features = self._graph(np.asarray(batch, dtype=np.float32))
+        return probabilities.numpy(), features.numpy()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.with_features(batch)[0]
+
+
 def traced_forward(model: keras.Model) -> Forward:
     """``model`` as one traced graph for any batch size; safe to call from several threads."""
-    size = model.input_shape[1:]
+    return TracedForward(model)
+
+
+def traced_model(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
+    """Any single-output ``model`` (the head alone, say) as one traced graph for any batch."""
     graph = tf.function(
         lambda batch: tf.cast(model(batch, training=False), tf.float32),
-        input_signature=[tf.TensorSpec([None, *size], tf.float32)],
+        input_signature=[tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)],
     )
-    answer_shape = tuple(model.output_shape[1:])
-
-    def forward(batch: np.ndarray) -> np.ndarray:
-        if len(batch) == 0:  # oneDNN on AVX-512 CPUs raises on a batch of none
-            return np.zeros((0, *answer_shape), np.float32)
-        return graph(np.asarray(batch, dtype=np.float32)).numpy()
-
-    return forward
+    empty = np.zeros((0, *model.output_shape[1:]), np.float32)
+    return lambda batch: graph(np.asarray(batch, np.float32)).numpy() if len(batch) else empty
 
 
 def bf16_model(model: keras.Model) -> keras.Model:
@@ -134,15 +171,16 @@ class Int8Forward:
         got = tuple(int(d) for d in self._interpreter.get_input_details()[0]["shape"][1:])
         if got != expected:
             raise ValueError(f"the int8 model takes {got} images, the classifier {expected}")
-        self._head = traced_forward(model_after(model, FEATURE_LAYER))
+        self._head = traced_model(model_after(model, FEATURE_LAYER))
         self._classes = int(model.output_shape[-1])
+        self._width = int(model.get_layer(FEATURE_LAYER).output.shape[-1])
         self._shape: tuple[int, ...] = ()
         self._lock = threading.Lock()
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def with_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         if len(batch) == 0:  # TFLite crashes the process on a batch of none
-            return np.zeros((0, self._classes), np.float32)
+            return np.zeros((0, self._classes), np.float32), np.zeros((0, self._width), np.float32)
         with self._lock:
             if batch.shape != self._shape:
                 self._interpreter.resize_tensor_input(self._input, batch.shape)
@@ -151,7 +189,10 @@ class Int8Forward:
             self._interpreter.set_tensor(self._input, batch)
             self._interpreter.invoke()
             features = self._interpreter.get_tensor(self._output).copy()
-        return self._head(features)
+        return self._head(features), features
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return self.with_features(batch)[0]
 
 
 def _cpu_count() -> int:

@@ -8,18 +8,28 @@ target share of held-out chest CT slices exceed: the false-rejection rate is cho
 
 A detector names the model whose features it was fitted on (the weights' fingerprint): a
 detector is never applied to another model.
+
+:func:`check` is the one rule every answer follows (the app, batch inference, the registered
+model and the evaluation's measurements): the cheap input checks first
+(``images.plausibility``), then the score; :func:`answer_status` turns that and the answer's
+top probability into the status an answer carries.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.covariance import LedoitWolf
+
+logger = logging.getLogger(__name__)
 
 METHOD = "mahalanobis_shared_covariance"
+
+OK, UNCERTAIN, OUT_OF_DISTRIBUTION = "ok", "uncertain", "out_of_distribution"
+STATUSES = (OK, UNCERTAIN, OUT_OF_DISTRIBUTION)
 
 
 @dataclass(frozen=True)
@@ -47,8 +57,13 @@ class OodDetector:
         distances = []
         for mean in self.class_means:
             diff = z - mean
-            distances.append(np.einsum("ij,jk,ik->i", diff, self.precision, diff))
+            distances.append(((diff @ self.precision) * diff).sum(axis=1))  # BLAS, not einsum
         return np.sqrt(np.maximum(np.min(distances, axis=0), 0.0))
+
+    def __deepcopy__(self, memo: dict) -> OodDetector:
+        # Read-only once fitted; the served MLflow model deep-copies its inputs on every
+        # request, and a copy would cost time and defeat the per-object caches.
+        return self
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Every field as an array: what the ``.npz`` file holds."""
@@ -66,12 +81,20 @@ class OodDetector:
         return cls(**values)
 
 
+MIN_SCALE_FRACTION = 0.1
+"""Each feature's spread is floored at this fraction of the median spread. A feature that
+barely varies on the training images (a ReLU channel almost never on) would otherwise turn a
+tiny change into a huge distance: with the floor, held-out slices of a small model scored
+20-130 instead of up to 10^7 (docs/results.md)."""
+
+
 def fit_detector(
     features: np.ndarray,
     labels: np.ndarray,
     held_out: np.ndarray,
     target_false_rejection: float,
     model_fingerprint: str,
+    min_scale_fraction: float = MIN_SCALE_FRACTION,
 ) -> OodDetector:
     """Fit on training features (n, d) with their class labels; set the threshold on held-out
     in-distribution features so that ``target_false_rejection`` of them score above it."""
@@ -79,11 +102,17 @@ def fit_detector(
         raise ValueError("no held-out images to set the out-of-distribution threshold on")
     features = np.asarray(features, np.float64)
     center = features.mean(axis=0)
-    scale = features.std(axis=0) + 1e-6
+    spread = features.std(axis=0)
+    varying = spread[spread > 0]
+    floor = min_scale_fraction * float(np.median(varying)) if len(varying) else 0.0
+    scale = np.maximum(spread, max(floor, 1e-6))
     z = (features - center) / scale
     classes = np.unique(labels)
     class_means = np.stack([z[labels == c].mean(axis=0) for c in classes])
     within = z - class_means[np.searchsorted(classes, labels)]
+    # Imported here: fitting is training's job; serving only scores (and has no scikit-learn).
+    from sklearn.covariance import LedoitWolf  # noqa: PLC0415
+
     precision = LedoitWolf(assume_centered=True).fit(within).precision_
     unset = OodDetector(
         center, scale, class_means, precision, np.inf, target_false_rejection, model_fingerprint
@@ -92,3 +121,73 @@ def fit_detector(
         np.quantile(unset.scores(held_out), 1.0 - target_false_rejection, method="higher")
     )
     return dataclasses.replace(unset, threshold=threshold)
+
+
+@dataclass(frozen=True)
+class OodCheck:
+    """Whether one image looks like the chest CT slices the model learned, and why not.
+
+    Attributes:
+        out_of_distribution: True when the input checks or the score say it does not.
+        score: the detector's score (None without a usable detector).
+        threshold: the detector's threshold (None without one).
+        reason: why it is out of distribution, or why the score was not checked; None when
+            it was checked and passed.
+    """
+
+    out_of_distribution: bool
+    score: float | None
+    threshold: float | None
+    reason: str | None
+
+    def as_dict(self) -> dict[str, float | str | None]:
+        return {"score": self.score, "threshold": self.threshold, "reason": self.reason}
+
+
+NOT_CHECKED = (
+    "not checked: there is no out-of-distribution detector for this model, so whether the image "
+    "is a chest CT slice like those it learned is unknown"
+)
+
+
+def check(detector: OodDetector | None, input_problem: str | None, score: float | None) -> OodCheck:
+    """The verdict for one image: ``input_problem`` (``images.plausibility.implausibility``),
+    then its ``score`` against the ``detector``'s threshold (None: no usable detector)."""
+    if detector is None or score is None:
+        return OodCheck(input_problem is not None, None, None, input_problem or NOT_CHECKED)
+    score, threshold = float(score), float(detector.threshold)
+    if input_problem is not None:
+        return OodCheck(True, score, threshold, input_problem)
+    if not np.isfinite(score) or score > threshold:
+        return OodCheck(True, score, threshold, (
+            f"unlike the chest CT slices the model learned: its features are {score:.1f} from "
+            f"the nearest class, beyond the threshold of {threshold:.1f}"
+        ))  # fmt: skip
+    return OodCheck(False, score, threshold, None)
+
+
+def answer_status(top_probability: float, ood: OodCheck, uncertain_below: float) -> str:
+    """``out_of_distribution`` (no label is given), else ``uncertain`` when the top probability
+    is below ``uncertain_below``, else ``ok``."""
+    if ood.out_of_distribution:
+        return OUT_OF_DISTRIBUTION
+    return UNCERTAIN if top_probability < uncertain_below else OK
+
+
+def usable_detector(
+    detector: OodDetector | None, model_fingerprint: str | None
+) -> OodDetector | None:
+    """``detector`` when it was fitted on the model of ``model_fingerprint``; None (with a
+    warning in the log) when it is missing or belongs to another model."""
+    if detector is None:
+        logger.warning("No out-of-distribution detector: answers say the check was not made")
+        return None
+    if detector.model_fingerprint != model_fingerprint:
+        logger.warning(
+            "The out-of-distribution detector was fitted on other weights (%s) than the model's "
+            "(%s): not used, answers say the check was not made",
+            detector.model_fingerprint,
+            model_fingerprint,
+        )
+        return None
+    return detector

@@ -266,7 +266,9 @@ def _ood_lines(ood: dict[str, Any] | None) -> list[str]:
         )
     lines += [
         "",
-        "The check is measured but not yet applied to the app's and batch inference's answers.",
+        "Applied to every answer (the app, batch inference, the registered model): an image it "
+        "flags gets status out_of_distribution and no cancer type. It is statistical: it can let "
+        "through an image that is not a chest CT slice and refuse one that is.",
     ]
     return lines
 

@@ -16,6 +16,7 @@ from chest_ct_classifier.images.preprocessing import (
     UnreadableImageError,
     bytes_from_base64,
 )
+from chest_ct_classifier.model.ood import OUT_OF_DISTRIBUTION, UNCERTAIN, answer_status
 from chest_ct_classifier.serving import audit_trail
 from chest_ct_classifier.serving.errors import ApiError
 from chest_ct_classifier.serving.model_card_page import served_model_card
@@ -109,7 +110,7 @@ def predict() -> ResponseReturnValue:
         status=answer["status"],
         label=answer["label"],
         probabilities=answer["probabilities"],
-        ood_score=None,
+        ood_score=answer["ood"]["score"],
     )
     return jsonify(answer)
 
@@ -154,21 +155,25 @@ def _image_bytes() -> bytes:
 
 
 def _prediction(result: Classification, model: ServedModel, uncertain_below: float) -> dict:
+    """The answer: ``status`` ok, uncertain or out_of_distribution (then no ``label`` nor
+    ``display_name``: the probabilities are the model's output, not a prediction)."""
     probabilities = {label: float(p) for label, p in zip(LABELS, result.probabilities, strict=True)}
-    label = max(probabilities, key=probabilities.get)
-    uncertain = probabilities[label] < uncertain_below
+    top = max(probabilities, key=probabilities.get)
+    status = answer_status(probabilities[top], result.ood, uncertain_below)
+    label = None if status == OUT_OF_DISTRIBUTION else top
     answer: dict[str, Any] = {
         "request_id": audit_trail.request_id(),
-        "status": "uncertain" if uncertain else "ok",
+        "status": status,
         "label": label,
-        "display_name": DISPLAY_NAMES[label],
+        "display_name": DISPLAY_NAMES[label] if label else None,
+        "ood": result.ood.as_dict(),
         "probabilities": probabilities,
         "classes": [
             {"label": name, "display_name": DISPLAY_NAMES[name], "probability": p}
             for name, p in probabilities.items()
         ],
-        "confidence": probabilities[label],
-        "uncertain": uncertain,
+        "confidence": probabilities[top],
+        "uncertain": status == UNCERTAIN,
         "model": model.info.as_dict(),
         "notice": RESEARCH_NOTICE,
     }

@@ -26,7 +26,7 @@ import yaml
 from PIL import Image
 
 from chest_ct_classifier.images.labels import LABELS
-from chest_ct_classifier.images.preprocessing import fitted_rgb, scale_for_vgg16
+from chest_ct_classifier.images.preprocessing import prepare_image
 from chest_ct_classifier.model.architecture import OUTPUT_LAYER, image_size_of
 from chest_ct_classifier.model.explanation import CAM_LAYER, grad_cam, overlay_heatmap
 from chest_ct_classifier.model.numeric_precision import (
@@ -37,11 +37,15 @@ from chest_ct_classifier.model.numeric_precision import (
     select_forward,
     traced_forward,
 )
+from chest_ct_classifier.model.ood import METHOD as OOD_METHOD
+from chest_ct_classifier.model.ood import OodCheck, OodDetector, check, usable_detector
 from chest_ct_classifier.serving import measured_quality
 from chest_ct_classifier.serving.request_batching import RequestBatcher
 from chest_ct_classifier.serving.settings import (
+    COMPANION_FILES,
     INT8_DATASET,
     MODEL_DATASET,
+    OOD_DATASET,
     PRECISION_GATE_DATASET,
     PRECISION_VARIABLE,
     ServingSettings,
@@ -79,6 +83,9 @@ class ModelInfo:
     """The precision served, the one requested, why, and which reduced ones passed the gate."""
     fingerprint: str | None = None
     """A digest of the weights (``numeric_precision.model_fingerprint``): which model answered."""
+    ood_detector: dict[str, Any] | None = None
+    """The out-of-distribution detector used (method, threshold, target false-rejection rate);
+    None when there is none for this model: answers then say the check was not made."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -87,6 +94,7 @@ class ModelInfo:
 @dataclass(frozen=True)
 class Classification:
     probabilities: np.ndarray  # (n_classes,) float32, the model's output order
+    ood: OodCheck  # whether the image looks like the chest CT slices the model learned
     heatmap_png: bytes | None  # the Grad-CAM overlay, when asked for
 
 
@@ -95,7 +103,9 @@ class ServedModel:
 
     Answers come from ``forward`` (fp32 by default: the model traced once, no per-call Keras
     predict overhead), with concurrent requests grouped into batches of at most ``max_batch``;
-    Grad-CAM heatmaps from the float32 model, for the class the served answer chose.
+    each with the out-of-distribution check (``ood.check``: the input checks, then the
+    ``detector``'s score of the head's input vector from the same forward pass); Grad-CAM
+    heatmaps from the float32 model, for the class the served answer chose.
     """
 
     def __init__(
@@ -105,12 +115,14 @@ class ServedModel:
         forward: Forward | None,
         max_batch: int,
         batch_wait_s: float,
+        detector: OodDetector | None = None,
     ) -> None:
         self.model = model
         self.info = info
         self.image_size = info.image_size
+        self.detector = detector
         self._forward = forward or traced_forward(model)
-        self._batcher = RequestBatcher(self._forward, max_batch, batch_wait_s)
+        self._batcher = RequestBatcher(self._answers, max_batch, batch_wait_s)
         # Grad-CAM builds a probe model over the shared layers: one at a time.
         self._explain_lock = threading.Lock()
         for n in sorted({1, max_batch}):  # prepare the shapes the batcher uses most
@@ -119,6 +131,13 @@ class ServedModel:
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities (n, n_classes) for a batch of preprocessed images."""
         return self._forward(batch)
+
+    def _answers(self, batch: np.ndarray) -> list[tuple[np.ndarray, float | None]]:
+        """Each image's probabilities and out-of-distribution score (None without detector)."""
+        probabilities, features = self._forward.with_features(batch)
+        if self.detector is None:
+            return [(p, None) for p in probabilities]
+        return list(zip(probabilities, map(float, self.detector.scores(features)), strict=True))
 
     def batching(self) -> dict[str, Any]:
         """How requests have been grouped so far: the limits, forward passes and images."""
@@ -132,17 +151,19 @@ class ServedModel:
     def classify(
         self, data: bytes, max_pixels: int | None = None, explain: bool = False
     ) -> Classification:
-        """Class probabilities for image bytes (the training pipeline's preprocessing), and the
-        Grad-CAM overlay as PNG bytes when ``explain``.
+        """Class probabilities for image bytes (the training pipeline's preprocessing), the
+        out-of-distribution check, and the Grad-CAM overlay as PNG bytes when ``explain``.
 
         Raises:
             UnreadableImageError: not a readable image (ImageTooLargeError: too many pixels).
         """
-        rgb = fitted_rgb(data, self.image_size, max_pixels)
-        model_input = scale_for_vgg16(rgb)
-        probabilities = self._batcher.predict(model_input).astype(np.float32)
+        image = prepare_image(data, self.image_size, max_pixels)
+        rgb, model_input = image.rgb, image.model_input
+        probabilities, score = self._batcher.predict(model_input)
+        probabilities = probabilities.astype(np.float32)
+        ood = check(self.detector, image.input_problem, score)
         if not explain:
-            return Classification(probabilities, None)
+            return Classification(probabilities, ood, None)
         # The gradients come from the float32 model (an int8 TFLite model has none); the class
         # explained is the one this answer chose, whatever the precision.
         with self._explain_lock:
@@ -151,7 +172,7 @@ class ServedModel:
             )
         buffer = io.BytesIO()
         Image.fromarray(overlay_heatmap(rgb, heatmap)).save(buffer, format="PNG")
-        return Classification(probabilities, buffer.getvalue())
+        return Classification(probabilities, ood, buffer.getvalue())
 
 
 def load_served_model(settings: ServingSettings) -> ServedModel:
@@ -173,19 +194,19 @@ def load_served_model(settings: ServingSettings) -> ServedModel:
         )
     if settings.model_uri:
         return _load_from_registry(settings.model_uri, settings)
-    files = model_files(settings)
-    return _load_from_file(files.model, settings, files.report, files.int8, files.gate)
+    return _load_from_file(model_files(settings), settings)
 
 
 @dataclass(frozen=True)
 class ModelFiles:
-    """The files that describe one model file: its int8 model, its precision gate report and
-    the evaluation report (None where there is none to read)."""
+    """The files that describe one model file: its int8 model, its precision gate report, its
+    out-of-distribution detector and the evaluation report (None where there is none to read)."""
 
     model: Path
     int8: Path | None
     gate: Path | None
     report: Path | None
+    ood: Path | None = None
 
 
 def model_files(settings: ServingSettings) -> ModelFiles:
@@ -200,15 +221,16 @@ def model_files(settings: ServingSettings) -> ModelFiles:
         path = settings.resolved_model_path()
     except FileNotFoundError as exc:
         raise ModelUnavailableError(str(exc)) from exc
-    int8, gate = settings.catalog_file(INT8_DATASET), settings.catalog_file(PRECISION_GATE_DATASET)
-    if settings.model_path is None:
-        return ModelFiles(path, int8, gate, settings.resolved_metrics_path())
-    return ModelFiles(
-        path,
-        path.parent / int8.name if int8 else None,
-        path.parent / gate.name if gate else None,
-        None,
-    )
+    names = (INT8_DATASET, PRECISION_GATE_DATASET, OOD_DATASET)
+    companions = [settings.catalog_file(name) for name in names]
+    if settings.model_path is not None:
+        companions = [
+            path.parent / (file.name if file else COMPANION_FILES[name])
+            for name, file in zip(names, companions, strict=True)
+        ]
+    int8, gate, ood = companions
+    report = settings.resolved_metrics_path() if settings.model_path is None else None
+    return ModelFiles(path, int8, gate, report, ood)
 
 
 def _precision_forward(
@@ -267,13 +289,8 @@ def _first_line(exc: Exception) -> str:
     return (text[0] if text else type(exc).__name__)[:200]
 
 
-def _load_from_file(
-    path: Path,
-    settings: ServingSettings,
-    report: Path | None = None,
-    int8_path: Path | None = None,
-    gate_path: Path | None = None,
-) -> ServedModel:
+def _load_from_file(files: ModelFiles, settings: ServingSettings) -> ServedModel:
+    path, int8_path, gate_path = files.model, files.int8, files.gate
     if not path.is_file():
         raise ModelUnavailableError(
             f"No trained model at {path}. Train one first: `make run` (or `kedro run`) in the "
@@ -292,6 +309,8 @@ def _load_from_file(
             int8_path.read_bytes() if int8_path and int8_path.is_file() else None,
             _read_json(gate_path if gate_path and gate_path.is_file() else None),
         )
+        fingerprint = model_fingerprint(model)
+        detector = _detector(files.ood, fingerprint)
         info = ModelInfo(
             name=MODEL_NAME,
             version="sha256:" + hashlib.sha256(data).hexdigest()[:12],
@@ -300,11 +319,14 @@ def _load_from_file(
             weights=_weights_beside(path),
             image_size=image_size,
             loaded_at=_now(),
-            measured=measured_quality.from_metrics_file(report, path) if report else None,
+            measured=(
+                measured_quality.from_metrics_file(files.report, path) if files.report else None
+            ),
             precision=precision,
-            fingerprint=model_fingerprint(model),
+            fingerprint=fingerprint,
+            ood_detector=_detector_info(detector),
         )
-        served = _served(model, info, forward, settings)
+        served = _served(model, info, forward, settings, detector)
     except Exception as exc:  # Keras raises many types for a broken or foreign file
         logger.exception("Cannot serve the model file %s", path)
         raise ModelUnavailableError(
@@ -330,9 +352,40 @@ def _without_credentials(uri: str) -> str:
 
 
 def _served(
-    model: keras.Model, info: ModelInfo, forward: Forward, settings: ServingSettings
+    model: keras.Model,
+    info: ModelInfo,
+    forward: Forward,
+    settings: ServingSettings,
+    detector: OodDetector | None,
 ) -> ServedModel:
-    return ServedModel(model, info, forward, settings.max_batch, settings.batch_wait_ms / 1000.0)
+    return ServedModel(
+        model, info, forward, settings.max_batch, settings.batch_wait_ms / 1000.0, detector
+    )
+
+
+def _detector(path: Path | None, fingerprint: str) -> OodDetector | None:
+    """The out-of-distribution detector in ``path`` when it was fitted on this model; None
+    (logged) when it is missing, unreadable or another model's: answers then say the check
+    was not made, rather than the app refusing to serve."""
+    detector = None
+    if path is not None and path.is_file():
+        try:
+            # as OodDetectorDataset loads it (that class needs Kedro, which serving has not)
+            with np.load(path, allow_pickle=False) as arrays:
+                detector = OodDetector.from_arrays({name: arrays[name] for name in arrays.files})
+        except Exception:  # a broken file must not stop serving; the answers say it
+            logger.exception("Cannot read the out-of-distribution detector %s", path)
+    return usable_detector(detector, fingerprint if detector else None)
+
+
+def _detector_info(detector: OodDetector | None) -> dict[str, Any] | None:
+    if detector is None:
+        return None
+    return {
+        "method": OOD_METHOD,
+        "threshold": detector.threshold,
+        "target_false_rejection": detector.target_false_rejection,
+    }
 
 
 def _load_from_registry(uri: str, settings: ServingSettings) -> ServedModel:
@@ -348,10 +401,10 @@ def _load_from_registry(uri: str, settings: ServingSettings) -> ServedModel:
             flavour = yaml.safe_load((local / "MLmodel").read_text())["flavors"]
             artifacts = flavour["python_function"]["artifacts"]
             model = keras.saving.load_model(local / artifacts[MODEL_DATASET]["path"], compile=False)
-            # Versions registered before the precision paths existed have neither file.
-            int8_file, gate_file = (
+            # Versions registered before the precision paths or the detector existed lack them.
+            int8_file, gate_file, ood_file = (
                 local / artifacts[name]["path"] if name in artifacts else None
-                for name in (INT8_DATASET, PRECISION_GATE_DATASET)
+                for name in (INT8_DATASET, PRECISION_GATE_DATASET, OOD_DATASET)
             )
             forward, precision = _precision_forward(
                 model,
@@ -359,6 +412,8 @@ def _load_from_registry(uri: str, settings: ServingSettings) -> ServedModel:
                 int8_file.read_bytes() if int8_file and int8_file.is_file() else None,
                 _read_json(gate_file),
             )
+            fingerprint = model_fingerprint(model)
+            detector = _detector(ood_file, fingerprint)
         match = _MODELS_URI.match(uri)
         info = ModelInfo(
             name=match["name"] if match else MODEL_NAME,
@@ -370,9 +425,10 @@ def _load_from_registry(uri: str, settings: ServingSettings) -> ServedModel:
             loaded_at=_now(),
             measured=measured,
             precision=precision,
-            fingerprint=model_fingerprint(model),
+            fingerprint=fingerprint,
+            ood_detector=_detector_info(detector),
         )
-        served = _served(model, info, forward, settings)
+        served = _served(model, info, forward, settings, detector)
     except Exception as exc:  # MLflow, network, file and Keras errors alike
         logger.exception("Cannot serve the registered model %s", uri)
         raise ModelUnavailableError(

@@ -25,6 +25,15 @@ INT8_DATASET = "int8_model"
 """The catalog entry of the int8 convolutions (a TFLite file) the int8 path reads."""
 PRECISION_GATE_DATASET = "precision_gate"
 """The catalog entry of the precision gate report: which reduced precisions may be served."""
+OOD_DATASET = "ood_detector"
+"""The catalog entry of the out-of-distribution detector fitted on the model's features."""
+COMPANION_FILES = {
+    INT8_DATASET: "classifier_int8.tflite",
+    PRECISION_GATE_DATASET: "precision_gate.json",
+    OOD_DATASET: "ood_detector.npz",
+}
+"""The file names of the files that go with a model, as the catalog names them: looked for
+beside a model named by path when there is no catalog to read them from."""
 PARAMETERS_FILE = Path("conf") / "base" / "parameters_inference.yml"
 PRECISION_VARIABLE = "MODEL_PRECISION"
 """Overrides ``inference.precision`` (the issue's name, without the ``CHEST_CT_`` prefix)."""
@@ -34,8 +43,9 @@ DEFAULT_TRAIN_COMMAND = (sys.executable, "-m", "kedro", "run")
 RESEARCH_NOTICE = (
     "Research tool, not a diagnosis. The model knows only four classes (adenocarcinoma, large "
     "cell carcinoma, squamous cell carcinoma, normal) and was trained on one small public "
-    "dataset of chest CT images; it cannot tell whether an image is a chest CT slice at all, "
-    "and every image gets one of the four answers. Do not use it for clinical decisions."
+    "dataset of chest CT images. Images unlike the chest CT slices it learned are refused "
+    "without an answer, but that check is statistical: it can let through an image that is "
+    "not a chest CT slice, and refuse one that is. Do not use it for clinical decisions."
 )
 
 
@@ -52,7 +62,8 @@ class ServingSettings:
     max_image_pixels: int = 12_000_000
     """A CT slice is about 0.3 megapixels; decoding costs over 13 bytes per pixel per request."""
     uncertain_below: float = 0.5
-    """An answer whose top probability is below this is flagged ``uncertain``."""
+    """An answer whose top probability is below this is flagged ``uncertain``
+    (``inference.uncertain_below``, as batch inference)."""
     cors_origins: tuple[str, ...] = ()
     train_token: str | None = None
     """Bearer token for ``POST /train``; None disables training through the API."""
@@ -84,7 +95,10 @@ class ServingSettings:
             model_uri=get("MODEL_URI"),
             max_upload_bytes=int(float(get("MAX_UPLOAD_MB") or 10) * 1024 * 1024),
             max_image_pixels=int(get("MAX_IMAGE_PIXELS") or 12_000_000),
-            uncertain_below=float(get("UNCERTAIN_BELOW") or 0.5),
+            uncertain_below=float(
+                get("UNCERTAIN_BELOW")
+                or configured_inference(project_path, "uncertain_below", "0.5")
+            ),
             cors_origins=tuple(
                 origin.strip()
                 for origin in (get("CORS_ORIGINS") or "").split(",")
@@ -93,7 +107,8 @@ class ServingSettings:
             train_token=get("TRAIN_TOKEN"),
             train_command=tuple(shlex.split(get("TRAIN_COMMAND") or "")) or DEFAULT_TRAIN_COMMAND,
             precision=(
-                env.get(PRECISION_VARIABLE, "").strip() or configured_precision(project_path)
+                env.get(PRECISION_VARIABLE, "").strip()
+                or configured_inference(project_path, "precision", "auto")
             ),
             max_batch=int(get("MAX_BATCH") or 16),
             batch_wait_ms=float(get("BATCH_WAIT_MS") or 5.0),
@@ -132,13 +147,13 @@ def audit_log_path(setting: str | None, project_path: Path) -> Path | None:
     return path if path.is_absolute() else project_path / path
 
 
-def configured_precision(project_path: Path) -> str:
-    """``inference.precision`` of the project's parameters; ``auto`` when it has none."""
+def configured_inference(project_path: Path, key: str, default: str) -> str:
+    """``inference.<key>`` of the project's parameters; ``default`` when it has none."""
     try:
         parameters = yaml.safe_load((project_path / PARAMETERS_FILE).read_text())
-        return str(parameters["inference"]["precision"])
+        return str(parameters["inference"][key])
     except (OSError, yaml.YAMLError, KeyError, TypeError):
-        return "auto"
+        return default
 
 
 def _catalog(project_path: Path) -> dict:

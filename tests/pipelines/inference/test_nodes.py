@@ -123,3 +123,94 @@ def test_a_precision_is_used_only_as_far_as_the_gate_allows(tiny_model, sample_i
     np.testing.assert_allclose(probabilities(failed), fp32, atol=1e-6)
     np.testing.assert_allclose(probabilities(other_model), fp32, atol=1e-6)
     np.testing.assert_allclose(probabilities(None), fp32, atol=1e-6)
+
+
+def _detector_of(model, sample_images):
+    """An out-of-distribution detector of ``model``, fitted on the sample's train images, its
+    threshold set on the valid ones (as training does with its hold-out)."""
+    from chest_ct_classifier.images.labels import label_from_folder
+    from chest_ct_classifier.images.preprocessing import preprocess_image_bytes
+    from chest_ct_classifier.model.architecture import feature_extractor
+    from chest_ct_classifier.model.numeric_precision import model_fingerprint
+    from chest_ct_classifier.model.ood import fit_detector
+
+    features = feature_extractor(model)
+
+    def of(split):
+        paths = [p for p in sample_images if p.split("/")[1] == split]
+        inputs = np.stack([preprocess_image_bytes(sample_images[p], 32) for p in paths])
+        labels = [LABELS.index(label_from_folder(p.split("/")[2])) for p in paths]
+        return features.predict(inputs, verbose=0), np.array(labels)
+
+    train, labels = of("train")
+    return fit_detector(train, labels, of("valid")[0], 0.02, model_fingerprint(model))
+
+
+def _not_ct_images():
+    from skimage import data
+
+    from chest_ct_classifier.datasets.reference_images_dataset import png_bytes
+
+    return {
+        "camera.png": png_bytes(data.camera()),
+        "astronaut.png": png_bytes(data.astronaut()),
+        "flat.png": png_bytes(np.full((64, 64), 90, np.uint8)),
+    }
+
+
+def test_images_that_are_not_ct_get_a_status_and_no_label(tiny_model, sample_images):
+    from chest_ct_classifier.pipelines.inference.nodes import audit_record_of_run
+
+    detector = _detector_of(tiny_model, sample_images)
+    slices = [p for p in sample_images if p.split("/")[1] != "train"][:6]
+    files = {p: (lambda p=p: sample_images[p]) for p in slices}
+    files.update({k: (lambda v=v: v) for k, v in _not_ct_images().items()})
+    files["broken.png"] = lambda: b"\x89PNG garbage"
+
+    table = predict_images(files, tiny_model, 4, ood_detector=detector, uncertain_below=0.4)
+
+    rows = table.set_index("image")
+    refused = rows.loc[list(_not_ct_images())]
+    assert (refused["status"] == "out_of_distribution").all()
+    assert refused["label"].isna().all() and refused["ood_reason"].str.len().gt(0).all()
+    assert "colour" in rows.loc["astronaut.png", "ood_reason"]
+    assert rows.loc["camera.png", "ood_score"] > detector.threshold  # the features tell it
+    answered = rows.loc[slices]
+    assert set(answered["status"]) <= {"ok", "uncertain"} and answered["label"].notna().all()
+    assert (answered["ood_score"] <= detector.threshold).all() and answered[
+        "ood_reason"
+    ].isna().all()
+    top = answered[probability_columns()].max(axis=1)
+    assert ((answered["status"] == "uncertain") == (top < 0.4)).all()
+    assert rows.loc["broken.png", "status"] == "unreadable"
+    assert np.isnan(rows.loc["broken.png", "ood_score"])
+    # the score of the features the network computed on the way to its answer
+    from chest_ct_classifier.images.preprocessing import preprocess_image_bytes
+    from chest_ct_classifier.model.architecture import feature_extractor
+
+    inputs = np.stack([preprocess_image_bytes(sample_images[p], 32) for p in slices])
+    features = feature_extractor(tiny_model).predict(inputs, verbose=0)
+    np.testing.assert_allclose(answered["ood_score"], detector.scores(features), rtol=1e-4)
+    record = audit_record_of_run(table, tiny_model, "in")
+    assert record["statuses"] == {"ok": int((table["status"] == "ok").sum()),
+                                  "uncertain": int((table["status"] == "uncertain").sum()),
+                                  "out_of_distribution": 3, "unreadable": 1}  # fmt: skip
+    assert sum(record["labels"].values()) == len(slices)
+
+
+def test_a_detector_of_another_model_is_not_used(tiny_model, sample_images):
+    import dataclasses
+
+    detector = dataclasses.replace(
+        _detector_of(tiny_model, sample_images), model_fingerprint="another"
+    )
+    path = next(p for p in sample_images if "/valid/" in f"/{p}")
+    files = {path: lambda: sample_images[path]}
+    files.update({k: (lambda v=v: v) for k, v in _not_ct_images().items()})
+    table = predict_images(files, tiny_model, 2, ood_detector=detector)
+    rows = table.set_index("image")
+    assert rows["ood_score"].isna().all()
+    assert rows.loc[path, "ood_reason"].startswith("not checked")
+    assert rows.loc[path, "status"] in ("ok", "uncertain")
+    # the input checks need no detector: colour and blank images are still refused
+    assert rows.loc[["astronaut.png", "flat.png"], "status"].eq("out_of_distribution").all()

@@ -16,17 +16,33 @@ import pandas as pd
 
 from chest_ct_classifier.images.labels import LABELS, probability_columns
 from chest_ct_classifier.images.preprocessing import (
+    PreparedImage,
     UnreadableImageError,
     bytes_from_base64,
-    preprocess_image_bytes,
+    prepare_image,
 )
 from chest_ct_classifier.model.architecture import image_size_of
 from chest_ct_classifier.model.batches import map_batches
 from chest_ct_classifier.model.numeric_precision import Forward, model_fingerprint, select_forward
+from chest_ct_classifier.model.ood import (
+    OUT_OF_DISTRIBUTION,
+    STATUSES,
+    OodDetector,
+    answer_status,
+    check,
+    usable_detector,
+)
 
 logger = logging.getLogger(__name__)
 
-PREDICTION_COLUMNS = ["image", "label", *probability_columns(), "error"]
+UNREADABLE = "unreadable"
+"""The status of a file that could not be read (``error`` says why)."""
+PREDICTION_COLUMNS = [
+    "image", "status", "label", *probability_columns(), "ood_score", "ood_reason", "error",
+]  # fmt: skip
+"""One row per image. ``status``: ok, uncertain, out_of_distribution (``label`` empty, the
+probabilities kept for reference) or unreadable (``error`` says why). ``ood_reason``: why an
+image was refused, or why it was not checked."""
 
 
 def predict_images(
@@ -36,51 +52,82 @@ def predict_images(
     int8_model: bytes | None = None,
     precision_gate: dict[str, Any] | None = None,
     precision: str = "fp32",
+    ood_detector: OodDetector | None = None,
+    uncertain_below: float = 0.5,
 ) -> pd.DataFrame:
-    """One row per image, in the order given: predicted label and class probabilities, or why
-    it could not be read.
+    """One row per image, in the order given (``PREDICTION_COLUMNS``): its status, predicted
+    label and class probabilities, the out-of-distribution score, or why it could not be read.
 
     Images that cannot be read are reported in ``error`` and do not stop the run.
     ``precision`` (``auto``, ``fp32``, ``bf16`` or ``int8``) is served only as far as the
-    precision gate allows (``numeric_precision.choose_precision``); fp32 otherwise.
+    precision gate allows (``numeric_precision.choose_precision``); fp32 otherwise. The
+    out-of-distribution check (``ood.check``) uses ``ood_detector`` only if it was fitted on
+    this model; without one, only the input checks can refuse an image, and ``ood_reason``
+    says the score was not checked.
     """
     image_size = image_size_of(model)
     forward = _forward(model, precision, int8_model, precision_gate)
-    batch_size = int(batch_size)
+    detector = _detector(ood_detector, model)
     rows: list[dict[str, Any]] = []
-    readable: list[tuple[int, np.ndarray]] = []
+    readable: list[tuple[int, PreparedImage]] = []
     for path in images:
-        row = {"image": path, "label": None, "error": None}
+        row = {"image": path, "status": UNREADABLE, "label": None, "error": None}
         try:
-            readable.append((len(rows), preprocess_image_bytes(images[path](), image_size)))
+            readable.append((len(rows), prepare_image(images[path](), image_size)))
         except (UnreadableImageError, OSError) as exc:
             row["error"] = str(exc)
             logger.warning("Cannot predict %s: %s", path, exc)
         rows.append(row)
 
-    probabilities = map_batches(
-        lambda chosen: forward(np.stack([readable[i][1] for i in chosen])),
+    def answer(chosen: np.ndarray) -> np.ndarray:
+        probabilities, features = forward.with_features(
+            np.stack([readable[i][1].model_input for i in chosen])
+        )
+        scores = detector.scores(features) if detector else np.full(len(chosen), np.nan)
+        return np.column_stack([probabilities, scores])
+
+    answers = map_batches(
+        answer,
         np.arange(len(readable)),
-        batch_size,
-        (len(LABELS),),
+        int(batch_size),
+        (len(LABELS) + 1,),
         progress=lambda done, total: logger.info("Predicted %d/%d images", done, total),
     )
-    for (position, _), p in zip(readable, probabilities, strict=True):
-        rows[position]["label"] = LABELS[int(p.argmax())]
-        rows[position].update(zip(probability_columns(), map(float, p), strict=True))
+    for (position, image), row in zip(readable, answers, strict=True):
+        probabilities, score = row[:-1], row[-1]
+        ood = check(detector, image.input_problem, None if np.isnan(score) else float(score))
+        status = answer_status(float(probabilities.max()), ood, uncertain_below)
+        rows[position].update(
+            status=status,
+            label=None if status == OUT_OF_DISTRIBUTION else LABELS[int(probabilities.argmax())],
+            ood_score=ood.score,
+            ood_reason=ood.reason,
+        )
+        rows[position].update(zip(probability_columns(), map(float, probabilities), strict=True))
 
-    logger.info("Predictions: %d images, %d unreadable", len(rows), len(rows) - len(readable))
-    return pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
+    table = pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
+    logger.info("Predictions: %s", table["status"].value_counts().to_dict())
+    return table
 
 
-# Forward passes already built, per model object and request: the served MLflow model calls
-# predict_images for every request, and building a path (fingerprinting the weights, tracing,
-# converting to bfloat16, loading the int8 interpreter) costs far more than one answer. The
-# served model is one object for the life of the process (KerasModelDataset shares it), so
-# the cache stays small; it keeps the objects its keys' ids refer to, so an id is never reused.
-_FORWARDS: dict[tuple, tuple[Any, Forward]] = {}
-_FORWARDS_LOCK = threading.Lock()
-_FORWARDS_KEPT = 4
+# Built once per model object: the served MLflow model calls predict_images for every request,
+# and building a forward pass (fingerprinting the weights, tracing, converting to bfloat16,
+# loading the int8 interpreter) or checking a detector's fingerprint costs far more than one
+# answer. The served model is one object for the life of the process (KerasModelDataset shares
+# it), so the cache stays small; it keeps the objects its keys' ids refer to, so an id is never
+# reused.
+_BUILT: dict[tuple, tuple[Any, Any]] = {}
+_BUILT_LOCK = threading.Lock()
+_BUILT_KEPT = 8
+
+
+def _built(key: tuple, keep: tuple, build: Callable[[], Any]) -> Any:
+    with _BUILT_LOCK:
+        if key not in _BUILT:
+            while len(_BUILT) >= _BUILT_KEPT:
+                _BUILT.pop(next(iter(_BUILT)))
+            _BUILT[key] = (keep, build())
+        return _BUILT[key][1]
 
 
 def _forward(
@@ -89,18 +136,22 @@ def _forward(
     int8_model: bytes | None,
     precision_gate: dict[str, Any] | None,
 ) -> Forward:
+    def build() -> Forward:
+        forward, precision, reason = select_forward(model, requested, int8_model, precision_gate)
+        logger.info("Predicting in %s: %s", precision, reason)
+        return forward
+
     gate_key = json.dumps(precision_gate, sort_keys=True) if precision_gate else None
-    key = (id(model), id(int8_model), requested, gate_key)
-    with _FORWARDS_LOCK:
-        if key not in _FORWARDS:
-            forward, precision, reason = select_forward(
-                model, requested, int8_model, precision_gate
-            )
-            logger.info("Predicting in %s: %s", precision, reason)
-            while len(_FORWARDS) >= _FORWARDS_KEPT:
-                _FORWARDS.pop(next(iter(_FORWARDS)))
-            _FORWARDS[key] = ((model, int8_model), forward)
-        return _FORWARDS[key][1]
+    key = ("forward", id(model), id(int8_model), requested, gate_key)
+    return _built(key, (model, int8_model), build)
+
+
+def _detector(detector: OodDetector | None, model: keras.Model) -> OodDetector | None:
+    return _built(
+        ("detector", id(detector), id(model)),
+        (detector, model),
+        lambda: usable_detector(detector, model_fingerprint(model) if detector else None),
+    )
 
 
 def audit_record_of_run(
@@ -108,14 +159,15 @@ def audit_record_of_run(
 ) -> dict[str, Any]:
     """The audit log's line for one batch inference run: when, what input, how many files,
     what was answered, and which model (its weights' fingerprint)."""
-    answered = predictions[predictions["error"].isna()]
+    statuses = predictions["status"].value_counts()
     return {
         "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "kind": "batch_inference",
         "input": str(input_path),
         "n_files": len(predictions),
-        "n_unreadable": int(predictions["error"].notna().sum()),
-        "labels": {label: int((answered["label"] == label).sum()) for label in LABELS},
+        "n_unreadable": int(statuses.get(UNREADABLE, 0)),
+        "statuses": {status: int(statuses.get(status, 0)) for status in (*STATUSES, UNREADABLE)},
+        "labels": {label: int((predictions["label"] == label).sum()) for label in LABELS},
         "model": {"fingerprint": model_fingerprint(model)},
     }
 

@@ -7,13 +7,16 @@ from .nodes import audit_record_of_run, images_from_request, predict_images
 
 # The input of the served model: a table of base64 images (see images_from_request).
 SERVING_INPUT = "serving_input"
-# The model in each precision, the gate that allows the reduced ones, and the choice.
+# The model in each precision, the gate that allows the reduced ones, and the choice; the
+# out-of-distribution detector fitted on the model's features, and when an answer is uncertain.
 _MODEL_INPUTS = [
     "trained_model",
     "params:inference.batch_size",
     "int8_model",
     "precision_gate",
     "params:inference.precision",
+    "ood_detector",
+    "params:inference.uncertain_below",
 ]
 
 
@@ -38,7 +41,8 @@ def create_pipeline(**kwargs) -> Pipeline:
 
 def create_serving_pipeline() -> Pipeline:
     """Request table in, predictions table out: preprocessing, the network (in the precision
-    the gate allows) and its calibrated probabilities, all in the one ``predict_images``."""
+    the gate allows), its calibrated probabilities and the out-of-distribution check, all in
+    the one ``predict_images``."""
     return pipeline(
         [
             node(

@@ -31,6 +31,12 @@
     resultLabel: byId("result-label"),
     resultConfidence: byId("result-confidence"),
     uncertain: byId("result-uncertain"),
+    unchecked: byId("result-unchecked"),
+    answer: byId("result-answer"),
+    refused: byId("result-refused"),
+    refusedReason: byId("result-refused-reason"),
+    detailsToggle: byId("details-toggle"),
+    probabilities: byId("result-probabilities"),
     bars: byId("probability-bars"),
     modelInfo: byId("model-info"),
     modelMeasured: byId("model-measured"),
@@ -149,7 +155,8 @@
       error.status = response.status;
       throw error;
     }
-    if (!data || typeof data !== "object" || typeof data.label !== "string") {
+    const refused = data && data.status === "out_of_distribution";
+    if (!data || typeof data !== "object" || (!refused && typeof data.label !== "string")) {
       throw new Error(
         `The server sent an answer this page does not understand (HTTP ${response.status}).`,
       );
@@ -314,16 +321,34 @@
     return row;
   }
 
+  // An image unlike the training slices gets no type: a plain refusal, the model's raw
+  // output only behind the details switch.
   function renderResult(data) {
-    const name = data.display_name || displayName(data.label);
-    ui.resultLabel.textContent = name;
-    ui.resultLabel.dataset.label = data.label;
-    const confidence = data.confidence ?? data.probabilities?.[data.label];
-    ui.resultConfidence.textContent =
-      confidence === undefined ? "" : `Model confidence: ${formatPercent(confidence)}`;
-    show(ui.uncertain, data.uncertain === true);
+    const refused = data.status === "out_of_distribution";
+    const ood = data.ood && typeof data.ood === "object" ? data.ood : {};
+    show(ui.answer, !refused);
+    show(ui.refused, refused);
+    if (refused) {
+      ui.resultLabel.textContent = "";
+      delete ui.resultLabel.dataset.label;
+      ui.resultConfidence.textContent = "";
+      ui.refusedReason.textContent = ood.reason || "it is unlike the training images.";
+      ui.detailsToggle.checked = false;
+    } else {
+      ui.resultLabel.textContent = data.display_name || displayName(data.label);
+      ui.resultLabel.dataset.label = data.label;
+      const confidence = data.confidence ?? data.probabilities?.[data.label];
+      ui.resultConfidence.textContent =
+        confidence === undefined ? "" : `Model confidence: ${formatPercent(confidence)}`;
+    }
+    show(ui.uncertain, !refused && data.status === "uncertain");
+    // No detector for this model: say that the image was not checked.
+    const unchecked = !refused && ood.score === null && typeof ood.reason === "string";
+    ui.unchecked.textContent = unchecked ? `Out-of-distribution check ${ood.reason}.` : "";
+    show(ui.unchecked, unchecked);
+    show(ui.probabilities, !refused);
     ui.bars.replaceChildren(
-      ...classesOf(data).map((item) => probabilityRow(item, item.label === data.label)),
+      ...classesOf(data).map((item) => probabilityRow(item, !refused && item.label === data.label)),
     );
     ui.modelInfo.textContent = modelDescription(data.model)
       ? `Model: ${modelDescription(data.model)}`
@@ -426,6 +451,7 @@
   ui.fileInput.addEventListener("change", () => chooseFile(ui.fileInput.files[0] || null));
   ui.classifyButton.addEventListener("click", () => classify());
   ui.heatmapToggle.addEventListener("change", onHeatmapToggle);
+  ui.detailsToggle.addEventListener("change", () => show(ui.probabilities, ui.detailsToggle.checked));
 
   ["dragenter", "dragover"].forEach((type) => {
     ui.dropZone.addEventListener(type, (event) => {
