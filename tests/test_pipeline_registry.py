@@ -21,6 +21,7 @@ def test_one_pipeline_can_be_requested_alone():
         assert [n.name for n in pipelines["inference"].nodes] == [
             "predict_images",
             "audit_batch_inference",
+            "summarize_series",
         ]
     finally:
         pipelines.set_requested(None)

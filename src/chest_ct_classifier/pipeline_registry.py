@@ -26,7 +26,8 @@ TRAINING_FLOW = ("data_ingestion", "model_preparation", "training", "evaluation"
 # KedroPipelineModel (which imports kedro-datasets, not among kedro-mlflow's requirements),
 # Kedro's catalog and runner, kedro-datasets' JSONDataset (the precision gate) and PickleDataset
 # (the parameters, stdlib pickle: no extra needed), and the libraries of the serving code
-# (request decoding, preprocessing, the network in each precision). The model is logged with
+# (request decoding, preprocessing with DICOM and its decoders, the network in each precision).
+# The model is logged with
 # these and all they require, each pinned as installed from uv.lock (model_environment);
 # tests/integration/test_registered_model_environment.py predicts in an environment made from
 # nothing else.
@@ -40,6 +41,11 @@ SERVING_REQUIREMENTS = (
     "numpy",
     "pandas",
     "pillow",
+    "pydicom",
+    "pylibjpeg",
+    "pylibjpeg-libjpeg",
+    "pylibjpeg-openjpeg",
+    "pylibjpeg-rle",
 )
 
 

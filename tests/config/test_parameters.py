@@ -88,7 +88,9 @@ def test_an_unknown_key_lists_the_keys_allowed_there():
         "training.phase1.max_epoch: unknown key (value 3); "
         "allowed: max_epochs, patience, learning_rate"
     ) in str(caught.value)
-    with pytest.raises(ParameterError, match=r"trainng: unknown key .* allowed: data_ingestion"):
+    with pytest.raises(
+        ParameterError, match=r"trainng: unknown key .* allowed: preprocessing, data_ingestion"
+    ):
         validate_parameters({**_base_parameters(), "trainng": {"batch_size": 3}})
 
 

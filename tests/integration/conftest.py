@@ -11,11 +11,8 @@ import pytest
 from tests.conftest import PROJECT_ROOT, run_tool
 
 
-@pytest.fixture(scope="session")
-def trained_project(tmp_path_factory) -> Path:
-    """A copy of the project (conf, code, bundled sample) after ``kedro run --env test``: a
-    trained model, its reports, and its registered champion in the copy's ``mlflow.db``."""
-    root = tmp_path_factory.mktemp("project")
+def project_copy(root: Path) -> Path:
+    """The project's conf, code and bundled sample copied into ``root``, ready to run."""
     for item in ("pyproject.toml", ".telemetry", "conf"):
         source = PROJECT_ROOT / item
         if source.is_dir():
@@ -26,5 +23,13 @@ def trained_project(tmp_path_factory) -> Path:
     shutil.copytree(PROJECT_ROOT / "src", root / "src", ignore=shutil.ignore_patterns("*.egg-info"))
     (root / "logs").mkdir()
     shutil.copytree(PROJECT_ROOT / "data" / "01_raw" / "sample", root / "data/01_raw/sample")
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory) -> Path:
+    """A copy of the project (conf, code, bundled sample) after ``kedro run --env test``: a
+    trained model, its reports, and its registered champion in the copy's ``mlflow.db``."""
+    root = project_copy(tmp_path_factory.mktemp("project"))
     run_tool(root, "kedro", "run", "--env", "test")
     return root

@@ -167,6 +167,63 @@ def test_registered_model_predicts_images_outside_the_project(project, sample_im
     np.testing.assert_allclose(served[probability_columns()].to_numpy(), expected, atol=1e-5)
 
 
+def test_registered_model_and_batch_inference_read_dicom_and_keep_patient_data_out(
+    project, sample_images, tmp_path
+):
+    import base64
+
+    from tests.dicom_files import ENCODINGS, PATIENT_MARKERS, ct_dicom
+
+    paths = [p for p in sample_images if p.startswith("Data/test/")][:4]
+    dicoms = [ct_dicom(sample_images[p], ENCODINGS[i % len(ENCODINGS)], slope=0.5,
+                       intercept=-2000, unsigned=True) for i, p in enumerate(paths)]  # fmt: skip
+    request = pd.DataFrame(
+        {"image": [base64.b64encode(data).decode("ascii")
+                   for data in [*dicoms, *(sample_images[p] for p in paths)]]}
+    )  # fmt: skip
+    request.to_json(tmp_path / "request.json", orient="split", index=False)
+    script = (
+        "import sys, mlflow, pandas as pd\n"
+        f"mlflow.set_tracking_uri('sqlite:///{project / 'mlflow.db'}')\n"
+        "model = mlflow.pyfunc.load_model('models:/chest-ct-classifier@champion')\n"
+        "model.predict(pd.read_json(sys.argv[1], orient='split')).to_csv(sys.argv[2], "
+        "index=False)\n"
+    )
+    result = run_tool(tmp_path, "python", "-c", script, "request.json", "served.csv")
+    served = pd.read_csv(tmp_path / "served.csv")
+    dicom, png = served.iloc[: len(paths)], served.iloc[len(paths) :]
+    assert list(dicom["status"]) == list(png["status"])
+    assert list(dicom["label"].fillna("")) == list(png["label"].fillna(""))
+    np.testing.assert_allclose(
+        dicom[probability_columns()].to_numpy(float),
+        png[probability_columns()].to_numpy(float),
+        atol=0.02,
+    )
+    assert dicom["series_uid"].notna().all() and png["series_uid"].isna().all()
+
+    # batch inference on a folder of them, names without an extension
+    folder = project / "dicom_input"
+    for index, data in enumerate(dicoms):
+        (folder / "series" / f"IM{index}").parent.mkdir(parents=True, exist_ok=True)
+        (folder / "series" / f"IM{index}").write_bytes(data)
+    run = _kedro(project, "run", "--env", "test", "--pipelines", "inference",
+                 "--params", f"inference.input_path={folder}")  # fmt: skip
+    predictions = pd.read_csv(project / "data/07_model_output/predictions.csv")
+    assert predictions["series_uid"].notna().all() and len(predictions) == len(paths)
+    series = pd.read_csv(project / "data/07_model_output/series_predictions.csv")
+    assert len(series) == 1 and series.loc[0, "n_slices"] == len(paths)
+
+    outputs = [result.stdout, result.stderr, run.stdout, run.stderr]
+    for folder_name in ("data/07_model_output", "data/08_reporting", "logs", "mlruns"):
+        for file in (project / folder_name).rglob("*"):
+            if file.is_file() and file.stat().st_size < 50_000_000:
+                outputs.append(file.read_bytes().decode("latin-1"))
+    outputs.append((project / "mlflow.db").read_bytes().decode("latin-1"))
+    text = "\n".join(outputs)
+    for marker in PATIENT_MARKERS.values():
+        assert marker not in text
+
+
 def test_a_second_run_is_registered_but_the_gate_keeps_an_equal_champion(project):
     # DVC's evaluation stage registers too; the same model scores the same: a tie keeps it
     _kedro(project, "run", "--env", "test", "--pipelines", "evaluation")

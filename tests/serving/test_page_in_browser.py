@@ -348,3 +348,36 @@ def test_a_photograph_is_refused_and_a_ct_slice_answered(
     assert by_id(browser, "result-probabilities").is_displayed()
     assert len(browser.find_elements(By.CSS_SELECTOR, "#probability-bars > .predicted")) == 1
     assert javascript_errors(browser) == []
+
+
+def test_a_dicom_file_is_classified_and_its_windowed_slice_shown(
+    browser, live_server, trained_model_path, sample_image_path, tmp_path
+):
+    from tests.dicom_files import ct_dicom
+
+    base = live_server(trained_model_path)
+    dicom = tmp_path / "IM0001.dcm"
+    dicom.write_bytes(ct_dicom(sample_image_path("normal").read_bytes(), "jpeg2000"))
+    with dicom.open("rb") as handle:
+        expected = requests.post(f"{base}/predict", files={"file": handle}, timeout=60).json()
+
+    open_page(browser, base)
+    by_id(browser, "file-input").send_keys(str(dicom))  # the browser cannot preview it
+    wait_for(browser, lambda d: by_id(d, "preview-unavailable").is_displayed())
+    classify_and_wait(browser)
+    assert not by_id(browser, "error-message").is_displayed(), by_id(browser, "error-message").text
+    assert by_id(browser, "result-label").get_attribute("data-label") == expected["label"]
+    wait_for(
+        browser,
+        lambda d: d.execute_script(
+            "const img = document.getElementById('preview-image');"
+            "return img.offsetParent !== null && img.complete && img.naturalWidth > 0;"
+        ),
+        message="the windowed DICOM slice was never shown",
+    )
+    preview = by_id(browser, "preview-image")
+    assert preview.get_attribute("src") == f"data:image/png;base64,{expected['preview_png']}"
+    assert "DICOM slice" in by_id(browser, "frame-caption").text
+    assert not by_id(browser, "preview-unavailable").is_displayed()
+    save_screenshot(browser, tmp_path, "page_dicom")
+    assert javascript_errors(browser) == []

@@ -20,10 +20,12 @@ from chest_ct_classifier.config.data_ingestion import DataIngestionParameters
 from chest_ct_classifier.config.evaluation import EvaluationParameters
 from chest_ct_classifier.config.inference import InferenceParameters
 from chest_ct_classifier.config.model_preparation import ModelPreparationParameters
+from chest_ct_classifier.config.preprocessing import PreprocessingParameters
 from chest_ct_classifier.config.training import TrainingParameters
 
 
 class ProjectParameters(Settings):
+    preprocessing: PreprocessingParameters
     data_ingestion: DataIngestionParameters
     model_preparation: ModelPreparationParameters
     training: TrainingParameters

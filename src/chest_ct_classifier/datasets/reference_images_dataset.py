@@ -1,11 +1,13 @@
 """Images that are not chest CT slices, from what installed packages ship (scikit-image's sample
-data, loaded offline) and drawn here (noise, blank images): what the out-of-distribution
-measurement shows the detector. Each loads as PNG bytes, by ``<kind>/<name>``."""
+data and pydicom's test files, loaded offline) and drawn here (noise, blank images): what the
+out-of-distribution measurement shows the detector. Each loads as file bytes (PNG, or the DICOM
+file itself), by ``<kind>/<name>``."""
 
 from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,12 +28,18 @@ SYNTHETIC = {
 
 class ReferenceImagesDataset(AbstractDataset[None, dict[str, Callable[[], bytes]]]):
     """Read-only. ``images`` maps a kind (``photo``, ``text``, ``microscopy``...) to the names
-    of ``skimage.data`` functions; the synthetic noise and blank images are always added."""
+    of ``skimage.data`` functions; ``dicom`` maps a kind to the names of the test files pydicom
+    ships (``MR_small.dcm``); the synthetic noise and blank images are always added."""
 
     def __init__(
-        self, images: dict[str, list[str]], seed: int = 0, metadata: dict[str, Any] | None = None
+        self,
+        images: dict[str, list[str]],
+        dicom: dict[str, list[str]] | None = None,
+        seed: int = 0,
+        metadata: dict[str, Any] | None = None,
     ) -> None:
         self._images = images
+        self._dicom = dicom or {}
         self._seed = seed
         self.metadata = metadata
 
@@ -47,6 +55,9 @@ class ReferenceImagesDataset(AbstractDataset[None, dict[str, Callable[[], bytes]
                 if loader is None:
                     raise DatasetError(f"skimage.data has no image {name!r}")
                 loaded[f"{kind}/{name}"] = lambda loader=loader: png_bytes(loader())
+        for kind, names in self._dicom.items():
+            for name in names:
+                loaded[f"{kind}/{name}"] = _dicom_test_file(name)
         rng = np.random.default_rng(self._seed)
         for key, draw in SYNTHETIC.items():
             pixels = draw(rng)
@@ -57,7 +68,16 @@ class ReferenceImagesDataset(AbstractDataset[None, dict[str, Callable[[], bytes]
         raise DatasetError("reference images are read, never written")
 
     def _describe(self) -> dict[str, Any]:
-        return {"images": self._images, "seed": self._seed}
+        return {"images": self._images, "dicom": self._dicom, "seed": self._seed}
+
+
+def _dicom_test_file(name: str) -> Callable[[], bytes]:
+    from pydicom.data import get_testdata_file  # noqa: PLC0415
+
+    path = get_testdata_file(name, download=False)  # only what the wheel ships: offline
+    if path is None:
+        raise DatasetError(f"pydicom ships no test file {name!r}")
+    return lambda: Path(str(path)).read_bytes()
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:

@@ -2,8 +2,9 @@
 
 The same bytes give the same tensor wherever they enter: the training pipeline calls
 :func:`preprocess_image_bytes`; batch inference, the registered model and the web app call
-:func:`prepare_image`, which gives the same tensor and, from the same decoded pixels, what the
-input checks say about it.
+:func:`prepare_images`, which gives the same tensor and, from the same decoded pixels, what the
+input checks say about it. DICOM files (``images.dicom``) join the raster path once windowed to
+8 bits.
 """
 
 from __future__ import annotations
@@ -17,6 +18,16 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from chest_ct_classifier.images.dicom import (
+    DEFAULT_WINDOW,
+    DicomError,
+    DicomTooLargeError,
+    Window,
+    is_dicom,
+    modality_problem,
+    read_dicom,
+    slice_identity,
+)
 from chest_ct_classifier.images.plausibility import implausibility
 
 # Caffe-style VGG16 scaling, as keras.applications.vgg16.preprocess_input: RGB -> BGR, then
@@ -51,20 +62,88 @@ def bytes_from_base64(text: str) -> bytes:
         raise UnreadableImageError(f"not valid base64: {exc}") from exc
 
 
-def decode_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
-    """Decode image bytes of any common format and mode into an 8-bit RGB image.
+@dataclass(frozen=True)
+class SliceSource:
+    """Which slice of its file an image is, for DICOM files: the frame (None for a single
+    frame) and the identifiers a reader finds the slice by. Never anything naming a patient."""
 
-    The format is detected from the content, not a file name, so a JPEG named ``.png`` reads.
-    RGBA is composited on black (the CT background); greyscale is replicated to three channels;
-    16-bit and float greyscale are rescaled to 0-255 by their own range.
+    frame: int | None = None
+    series_uid: str | None = None
+    sop_uid: str | None = None
+    instance_number: int | None = None
+    modality: str | None = None
+
+
+RASTER = SliceSource()
+
+
+def slice_source_of(data: bytes) -> SliceSource:
+    """The slice a file is, from a DICOM header alone (for a file whose pixels cannot be
+    read); ``RASTER`` for anything else."""
+    identity = slice_identity(data)
+    return RASTER if identity is None else SliceSource(None, **identity)
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    image: Image.Image  # 8-bit RGB
+    source: SliceSource
+
+
+def decode_images(
+    data: bytes, max_pixels: int | None = None, dicom_window: Window = DEFAULT_WINDOW
+) -> list[DecodedImage]:
+    """Every image of a file as 8-bit RGB: one for a raster file, one per frame for DICOM.
+
+    The format is detected from the content, not a file name: a JPEG named ``.png`` reads, and
+    so does a DICOM file without an extension. DICOM goes through its modality LUT (Hounsfield
+    units for CT) and ``dicom_window`` (``images.dicom``); from there on it takes the raster
+    path. RGBA is composited on black (the CT background); greyscale is replicated to three
+    channels; 16-bit and float greyscale are rescaled to 0-255 by their own range.
 
     Raises:
-        UnreadableImageError: the bytes are not a readable image.
+        UnreadableImageError: the bytes are not a readable image (DICOM without pixel data,
+            an encoding that cannot be decoded, a corrupt or truncated file included).
         ImageTooLargeError: width x height exceeds ``max_pixels`` (checked from the header,
             before any pixel is decoded).
     """
     if not data:
         raise UnreadableImageError("empty file")
+    if not is_dicom(data):
+        return [DecodedImage(_decode_raster(data, max_pixels), RASTER)]
+    try:
+        slices = read_dicom(data, dicom_window, max_pixels)
+    except DicomTooLargeError as exc:
+        raise ImageTooLargeError(str(exc)) from exc
+    except DicomError as exc:
+        raise UnreadableImageError(str(exc)) from exc
+    return [
+        DecodedImage(
+            _to_rgb(Image.fromarray(s.pixels)),
+            SliceSource(s.frame, s.series_uid, s.sop_uid, s.instance_number, s.modality),
+        )
+        for s in slices
+    ]
+
+
+def decode_image(
+    data: bytes, max_pixels: int | None = None, dicom_window: Window = DEFAULT_WINDOW
+) -> Image.Image:
+    """The one image of a file (``decode_images``), as 8-bit RGB.
+
+    Raises:
+        UnreadableImageError: as ``decode_images``; also for a DICOM file of several frames.
+        ImageTooLargeError: as ``decode_images``.
+    """
+    images = decode_images(data, max_pixels, dicom_window)
+    if len(images) != 1:
+        raise UnreadableImageError(
+            f"a multi-frame DICOM file ({len(images)} frames) where one slice is expected"
+        )
+    return images[0].image
+
+
+def _decode_raster(data: bytes, max_pixels: int | None) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data), formats=READABLE_FORMATS)
         width, height = image.size
@@ -126,23 +205,32 @@ def scale_for_vgg16(rgb: np.ndarray) -> np.ndarray:
     return rgb[..., ::-1].astype(np.float32) - _VGG16_BGR_MEAN
 
 
-def fitted_rgb(data: bytes, image_size: int, max_pixels: int | None = None) -> np.ndarray:
+def fitted_rgb(
+    data: bytes,
+    image_size: int,
+    max_pixels: int | None = None,
+    dicom_window: Window = DEFAULT_WINDOW,
+) -> np.ndarray:
     """Image bytes -> the uint8 RGB square the model sees, before scaling: what a heatmap is
     drawn over."""
-    return image_to_array(decode_image(data, max_pixels), image_size)
+    return image_to_array(decode_image(data, max_pixels, dicom_window), image_size)
 
 
 def preprocess_image_bytes(
-    data: bytes, image_size: int, max_pixels: int | None = None
+    data: bytes,
+    image_size: int,
+    max_pixels: int | None = None,
+    dicom_window: Window = DEFAULT_WINDOW,
 ) -> np.ndarray:
-    """Image bytes -> float32 model input of shape (image_size, image_size, 3): decoded to RGB,
-    fitted into the square keeping its aspect ratio, VGG16-scaled.
+    """Image bytes -> float32 model input of shape (image_size, image_size, 3): decoded to RGB
+    (DICOM through ``dicom_window``), fitted into the square keeping its aspect ratio,
+    VGG16-scaled.
 
     Raises:
-        UnreadableImageError: the bytes cannot be decoded as an image.
+        UnreadableImageError: the bytes cannot be decoded as one image.
         ImageTooLargeError: the image has more than ``max_pixels`` pixels.
     """
-    return scale_for_vgg16(fitted_rgb(data, image_size, max_pixels))
+    return scale_for_vgg16(fitted_rgb(data, image_size, max_pixels, dicom_window))
 
 
 @dataclass(frozen=True)
@@ -151,23 +239,55 @@ class PreparedImage:
 
     Attributes:
         rgb: (size, size, 3) uint8, the square the model sees before scaling (what a heatmap
-            is drawn over).
+            is drawn over, and the preview of a DICOM slice).
         model_input: (size, size, 3) float32, ``preprocess_image_bytes``'s output.
-        input_problem: why the image cannot be a CT slice (``implausibility``), or None.
+        input_problem: why the image cannot be a chest CT slice (``implausibility``, or a
+            DICOM file of another modality), or None.
+        source: which slice of its file it is (DICOM frames and identifiers).
     """
 
     rgb: np.ndarray
     model_input: np.ndarray
     input_problem: str | None
+    source: SliceSource = RASTER
 
 
-def prepare_image(data: bytes, image_size: int, max_pixels: int | None = None) -> PreparedImage:
-    """Image bytes -> the model input and the input checks' verdict on the decoded image.
+def prepare_images(
+    data: bytes,
+    image_size: int,
+    max_pixels: int | None = None,
+    dicom_window: Window = DEFAULT_WINDOW,
+) -> list[PreparedImage]:
+    """Every image of a file (one per DICOM frame) -> the model input and the input checks'
+    verdict on the decoded image.
 
     Raises:
         UnreadableImageError: the bytes cannot be decoded as an image.
         ImageTooLargeError: the image has more than ``max_pixels`` pixels.
     """
-    image = decode_image(data, max_pixels)
-    rgb = image_to_array(image, image_size)
-    return PreparedImage(rgb, scale_for_vgg16(rgb), implausibility(image))
+    prepared = []
+    for decoded in decode_images(data, max_pixels, dicom_window):
+        rgb = image_to_array(decoded.image, image_size)
+        problem = modality_problem(decoded.source.modality) or implausibility(decoded.image)
+        prepared.append(PreparedImage(rgb, scale_for_vgg16(rgb), problem, decoded.source))
+    return prepared
+
+
+def prepare_image(
+    data: bytes,
+    image_size: int,
+    max_pixels: int | None = None,
+    dicom_window: Window = DEFAULT_WINDOW,
+) -> PreparedImage:
+    """The one image of a file, as ``prepare_images``.
+
+    Raises:
+        UnreadableImageError: as ``prepare_images``; also for a DICOM file of several frames.
+        ImageTooLargeError: as ``prepare_images``.
+    """
+    images = prepare_images(data, image_size, max_pixels, dicom_window)
+    if len(images) != 1:
+        raise UnreadableImageError(
+            f"a multi-frame DICOM file ({len(images)} frames) where one slice is expected"
+        )
+    return images[0]

@@ -22,6 +22,7 @@ from flask import Flask, Response, g, request
 from PIL import Image
 
 from chest_ct_classifier.audit.hash_chain_log import HashChainLog
+from chest_ct_classifier.images.dicom import header_size, is_dicom
 
 logger = logging.getLogger(__name__)
 
@@ -31,16 +32,22 @@ REQUEST_ID_HEADER = "X-Request-ID"
 
 def describe_input(data: bytes) -> dict[str, Any]:
     """The input as the log knows it: its sha256, its size, and the image's size when its
-    header says (read without decoding the pixels)."""
+    header says (read without decoding the pixels; a DICOM file's Columns and Rows)."""
     described: dict[str, Any] = {
         "input_sha256": hashlib.sha256(data).hexdigest(),
         "input_bytes": len(data),
     }
+    described["image_width"] = described["image_height"] = None
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            described["image_width"], described["image_height"] = image.size
+        if is_dicom(data):
+            size = header_size(data)
+        else:
+            with Image.open(io.BytesIO(data)) as image:
+                size = image.size
+        if size:
+            described["image_width"], described["image_height"] = size
     except Exception:  # not an image: the answer says so, the log records the refusal
-        described["image_width"] = described["image_height"] = None
+        pass
     return described
 
 

@@ -15,6 +15,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
+from typing import Any
 
 import numpy as np
 
@@ -41,17 +42,24 @@ class RequestBatcher:
         """Forward passes run so far (for tests and the log)."""
         self.images = 0
 
-    def predict(self, image: np.ndarray, timeout: float | None = None) -> np.ndarray:
+    def predict(self, image: np.ndarray, timeout: float | None = None) -> Any:
         """The forward pass's output row for one model input ``(H, W, 3)``.
 
         Raises:
             TimeoutError: no answer within ``timeout`` seconds (None: wait as long as it takes;
                 a failed forward pass raises its own error, it never leaves a request waiting).
         """
-        answer: Future = Future()
-        self._waiting.put((np.asarray(image, dtype=np.float32), answer))
-        self._ensure_worker()  # after the put: a worker that is leaving cannot miss it
-        return answer.result(timeout)
+        return self.predict_many([image], timeout)[0]
+
+    def predict_many(self, images: list[np.ndarray], timeout: float | None = None) -> list[Any]:
+        """The output rows for several model inputs (the frames of one file), queued together
+        so that they share forward passes."""
+        answers: list[Future] = []
+        for image in images:
+            answers.append(Future())
+            self._waiting.put((np.asarray(image, dtype=np.float32), answers[-1]))
+        self._ensure_worker()  # after the puts: a worker that is leaving cannot miss them
+        return [answer.result(timeout) for answer in answers]
 
     def _ensure_worker(self) -> None:
         with self._start_lock:

@@ -12,7 +12,9 @@ from flask.typing import ResponseReturnValue
 
 from chest_ct_classifier.images.labels import DISPLAY_NAMES, LABELS
 from chest_ct_classifier.images.preprocessing import (
+    RASTER,
     ImageTooLargeError,
+    SliceSource,
     UnreadableImageError,
     bytes_from_base64,
 )
@@ -95,22 +97,25 @@ def predict() -> ResponseReturnValue:
     audit_trail.note(**audit_trail.describe_input(data))
     explain = request.args.get("explain", "").strip().lower() in _TRUE
     try:
-        result = model.classify(data, state.settings.max_image_pixels, explain=explain)
+        results = model.classify(
+            data, state.settings.max_image_pixels, explain, state.settings.dicom_window
+        )
     except ImageTooLargeError as exc:
         raise ApiError(413, "image_too_large", f"Too large: {exc}.") from exc
     except UnreadableImageError as exc:
         raise ApiError(
             400,
             "unreadable_image",
-            f"The file is not an image this app can read ({exc}). Send a PNG or JPEG "
-            "chest CT image.",
+            f"The file is not an image this app can read ({exc}). Send a PNG, JPEG or DICOM "
+            "chest CT slice.",
         ) from exc
-    answer = _prediction(result, model, state.settings.uncertain_below)
+    answer = _prediction(results, model, state.settings.uncertain_below)
     audit_trail.note(
         status=answer["status"],
         label=answer["label"],
         probabilities=answer["probabilities"],
         ood_score=answer["ood"]["score"],
+        n_frames=len(results),
     )
     return jsonify(answer)
 
@@ -154,15 +159,30 @@ def _image_bytes() -> bytes:
     return data
 
 
-def _prediction(result: Classification, model: ServedModel, uncertain_below: float) -> dict:
-    """The answer: ``status`` ok, uncertain or out_of_distribution (then no ``label`` nor
-    ``display_name``: the probabilities are the model's output, not a prediction)."""
+def _prediction(
+    results: list[Classification], model: ServedModel, uncertain_below: float
+) -> dict[str, Any]:
+    """The answer for a file: its (first) image's answer, the model and the notice; with
+    ``frames``, every frame's answer, for a multi-frame DICOM file."""
+    answer: dict[str, Any] = {
+        "request_id": audit_trail.request_id(),
+        **_answer_of(results[0], uncertain_below),
+        "model": model.info.as_dict(),
+        "notice": RESEARCH_NOTICE,
+    }
+    if len(results) > 1:
+        answer["frames"] = [_answer_of(result, uncertain_below) for result in results]
+    return answer
+
+
+def _answer_of(result: Classification, uncertain_below: float) -> dict[str, Any]:
+    """One image's answer: ``status`` ok, uncertain or out_of_distribution (then no ``label``
+    nor ``display_name``: the probabilities are the model's output, not a prediction)."""
     probabilities = {label: float(p) for label, p in zip(LABELS, result.probabilities, strict=True)}
     top = max(probabilities, key=probabilities.get)
     status = answer_status(probabilities[top], result.ood, uncertain_below)
     label = None if status == OUT_OF_DISTRIBUTION else top
     answer: dict[str, Any] = {
-        "request_id": audit_trail.request_id(),
         "status": status,
         "label": label,
         "display_name": DISPLAY_NAMES[label] if label else None,
@@ -174,12 +194,26 @@ def _prediction(result: Classification, model: ServedModel, uncertain_below: flo
         ],
         "confidence": probabilities[top],
         "uncertain": status == UNCERTAIN,
-        "model": model.info.as_dict(),
-        "notice": RESEARCH_NOTICE,
+        "slice": _slice(result.source),
     }
+    if result.preview_png is not None:
+        answer["preview_png"] = base64.b64encode(result.preview_png).decode("ascii")
     if result.heatmap_png is not None:
         answer["heatmap_png"] = base64.b64encode(result.heatmap_png).decode("ascii")
     return answer
+
+
+def _slice(source: SliceSource) -> dict[str, Any] | None:
+    """Which slice of a DICOM file (no patient data); None for other images."""
+    if source == RASTER:
+        return None
+    return {
+        "frame": source.frame,
+        "series_uid": source.series_uid,
+        "sop_uid": source.sop_uid,
+        "instance_number": source.instance_number,
+        "modality": source.modality,
+    }
 
 
 @blueprint.post("/train")

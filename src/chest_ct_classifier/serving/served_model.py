@@ -25,8 +25,14 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from chest_ct_classifier.images.dicom import DEFAULT_WINDOW, Window, validate_window
 from chest_ct_classifier.images.labels import LABELS
-from chest_ct_classifier.images.preprocessing import prepare_image
+from chest_ct_classifier.images.preprocessing import (
+    RASTER,
+    PreparedImage,
+    SliceSource,
+    prepare_images,
+)
 from chest_ct_classifier.model.architecture import OUTPUT_LAYER, image_size_of
 from chest_ct_classifier.model.explanation import CAM_LAYER, grad_cam, overlay_heatmap
 from chest_ct_classifier.model.numeric_precision import (
@@ -96,6 +102,8 @@ class Classification:
     probabilities: np.ndarray  # (n_classes,) float32, the model's output order
     ood: OodCheck  # whether the image looks like the chest CT slices the model learned
     heatmap_png: bytes | None  # the Grad-CAM overlay, when asked for
+    source: SliceSource = RASTER  # which slice of a DICOM file
+    preview_png: bytes | None = None  # a DICOM slice as the model saw it (browsers show no DICOM)
 
 
 class ServedModel:
@@ -149,30 +157,50 @@ class ServedModel:
         }
 
     def classify(
-        self, data: bytes, max_pixels: int | None = None, explain: bool = False
-    ) -> Classification:
-        """Class probabilities for image bytes (the training pipeline's preprocessing), the
-        out-of-distribution check, and the Grad-CAM overlay as PNG bytes when ``explain``.
+        self,
+        data: bytes,
+        max_pixels: int | None = None,
+        explain: bool = False,
+        dicom_window: Window = DEFAULT_WINDOW,
+    ) -> list[Classification]:
+        """Each image of a file (one per frame of a multi-frame DICOM file): class
+        probabilities (the training pipeline's preprocessing), the out-of-distribution check,
+        the windowed image of a DICOM slice, and the Grad-CAM overlay of the first when
+        ``explain``.
 
         Raises:
             UnreadableImageError: not a readable image (ImageTooLargeError: too many pixels).
         """
-        image = prepare_image(data, self.image_size, max_pixels)
-        rgb, model_input = image.rgb, image.model_input
-        probabilities, score = self._batcher.predict(model_input)
-        probabilities = probabilities.astype(np.float32)
-        ood = check(self.detector, image.input_problem, score)
-        if not explain:
-            return Classification(probabilities, ood, None)
+        images = prepare_images(data, self.image_size, max_pixels, dicom_window)
+        answers = self._batcher.predict_many([image.model_input for image in images])
+        results = []
+        for index, (image, (output, score)) in enumerate(zip(images, answers, strict=True)):
+            probabilities = np.asarray(output, np.float32)
+            heatmap = self._explain(image, probabilities) if explain and index == 0 else None
+            is_dicom_slice = image.source != RASTER
+            results.append(Classification(
+                probabilities,
+                check(self.detector, image.input_problem, score),
+                heatmap,
+                image.source,
+                _png(image.rgb) if is_dicom_slice else None,
+            ))  # fmt: skip
+        return results
+
+    def _explain(self, image: PreparedImage, probabilities: np.ndarray) -> bytes:
         # The gradients come from the float32 model (an int8 TFLite model has none); the class
         # explained is the one this answer chose, whatever the precision.
         with self._explain_lock:
             heatmap, _ = grad_cam(
-                self.model, model_input, int(probabilities.argmax()), layer_name=CAM_LAYER
+                self.model, image.model_input, int(probabilities.argmax()), layer_name=CAM_LAYER
             )
-        buffer = io.BytesIO()
-        Image.fromarray(overlay_heatmap(rgb, heatmap)).save(buffer, format="PNG")
-        return Classification(probabilities, ood, buffer.getvalue())
+        return _png(overlay_heatmap(image.rgb, heatmap))
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def load_served_model(settings: ServingSettings) -> ServedModel:
@@ -192,6 +220,12 @@ def load_served_model(settings: ServingSettings) -> ServedModel:
             f"CHEST_CT_MAX_BATCH must be at least 1 and CHEST_CT_BATCH_WAIT_MS at least 0; got "
             f"{settings.max_batch} and {settings.batch_wait_ms}."
         )
+    try:
+        validate_window(settings.dicom_window)
+    except ValueError as exc:
+        raise ModelUnavailableError(
+            f"CHEST_CT_DICOM_WINDOW (or preprocessing.dicom_window): {exc}."
+        ) from exc
     if settings.model_uri:
         return _load_from_registry(settings.model_uri, settings)
     return _load_from_file(model_files(settings), settings)

@@ -35,6 +35,7 @@ COMPANION_FILES = {
 """The file names of the files that go with a model, as the catalog names them: looked for
 beside a model named by path when there is no catalog to read them from."""
 PARAMETERS_FILE = Path("conf") / "base" / "parameters_inference.yml"
+PREPROCESSING_FILE = Path("conf") / "base" / "parameters_preprocessing.yml"
 PRECISION_VARIABLE = "MODEL_PRECISION"
 """Overrides ``inference.precision`` (the issue's name, without the ``CHEST_CT_`` prefix)."""
 
@@ -74,6 +75,10 @@ class ServingSettings:
     """Concurrent requests answered by one forward pass, at most."""
     batch_wait_ms: float = 5.0
     """How long the first request of a batch waits for others to join it."""
+    dicom_window: str | tuple[float, float] = "lung"
+    """How DICOM slices are windowed: ``preprocessing.dicom_window`` of the project (the window
+    the model was trained with), or ``CHEST_CT_DICOM_WINDOW`` (``lung``, ``mediastinum``,
+    ``file`` or ``level,width``)."""
     audit_log: Path | None = None
     """The hash-chained audit log of /predict answers; None: none kept. From the environment:
     ``CHEST_CT_AUDIT_LOG`` (``off`` disables it), by default ``logs/audit.jsonl`` in the
@@ -113,6 +118,7 @@ class ServingSettings:
             max_batch=int(get("MAX_BATCH") or 16),
             batch_wait_ms=float(get("BATCH_WAIT_MS") or 5.0),
             audit_log=audit_log_path(get("AUDIT_LOG"), project_path),
+            dicom_window=dicom_window_setting(get("DICOM_WINDOW"), project_path),
         )
 
     def resolved_model_path(self) -> Path:
@@ -149,11 +155,31 @@ def audit_log_path(setting: str | None, project_path: Path) -> Path | None:
 
 def configured_inference(project_path: Path, key: str, default: str) -> str:
     """``inference.<key>`` of the project's parameters; ``default`` when it has none."""
+    return str(_parameter(project_path / PARAMETERS_FILE, "inference", key, default))
+
+
+def _parameter(path: Path, block: str, key: str, default: object) -> object:
     try:
-        parameters = yaml.safe_load((project_path / PARAMETERS_FILE).read_text())
-        return str(parameters["inference"][key])
+        return yaml.safe_load(path.read_text())[block][key]
     except (OSError, yaml.YAMLError, KeyError, TypeError):
         return default
+
+
+def dicom_window_setting(setting: str | None, project_path: Path) -> str | tuple[float, float]:
+    """The DICOM window: ``setting`` (a name, or ``level,width``), else the project's
+    ``preprocessing.dicom_window``, else ``lung``; not checked here (the app refuses to start
+    on a bad one, saying so)."""
+    if setting is None:
+        value = _parameter(project_path / PREPROCESSING_FILE, "preprocessing", "dicom_window",
+                           "lung")  # fmt: skip
+        return tuple(value) if isinstance(value, list) else str(value)
+    if "," in setting:
+        level, _, width = setting.partition(",")
+        try:
+            return (float(level), float(width))
+        except ValueError:
+            return setting
+    return setting
 
 
 def _catalog(project_path: Path) -> dict:

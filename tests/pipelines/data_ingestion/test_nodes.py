@@ -200,3 +200,34 @@ def test_official_split_is_kept_unless_resplit_is_asked(indexed):
     )
     _, resplit_report, _ = assess_data_quality(index, resplit_params)
     assert resplit_report["split_source"] == "resplit"
+
+
+def test_dicom_files_are_indexed_by_content_with_labels_from_their_folders(sample_images):
+    from tests.dicom_files import PATIENT_MARKERS, ct_dicom
+
+    pngs = [p for p in sample_images if p.startswith("Data/train/")]
+    files = {}
+    for index, path in enumerate(pngs):
+        folder = path.rsplit("/", 1)[0]
+        name = f"{folder}/series 1/IM{index:04d}" if index % 2 else f"{folder}/{index}.dcm"
+        data = ct_dicom(sample_images[path], "rle" if index % 3 else "explicit")
+        files[name] = lambda data=data: data
+    files["Data/train/normal/README"] = lambda: b"not an image, no extension"
+    multi = ct_dicom(sample_images[pngs[0]], frames=2)
+    files["Data/train/normal/multi.dcm"] = lambda: multi
+
+    index, summary = index_images(files, PARAMS)
+
+    dicom = index[index["format"] == "DICOM"]
+    assert len(dicom) == len(pngs) + 1 and dicom["mode"].eq("DICOM").all()
+    readable = dicom[dicom["readable"]]
+    assert len(readable) == len(pngs)  # the multi-frame file is no training slice
+    assert "multi-frame" in index.set_index("path").loc["Data/train/normal/multi.dcm", "error"]
+    assert readable["label"].notna().all() and (readable["split"] == "train").all()
+    # the same slices as the PNGs: the same perceptual hashes, the same sizes
+    as_png = index_images({p: (lambda p=p: sample_images[p]) for p in pngs}, PARAMS)[0]
+    assert sorted(readable["phash"]) == sorted(as_png["phash"])
+    assert sorted(readable["width"]) == sorted(as_png["width"])
+    assert "Data/train/normal/README" in summary["skipped_non_images"]
+    for marker in PATIENT_MARKERS.values():
+        assert marker not in index.to_csv() + str(summary)

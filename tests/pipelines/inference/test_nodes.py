@@ -1,4 +1,7 @@
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 
 from chest_ct_classifier.images.labels import LABELS, probability_columns
 from chest_ct_classifier.pipelines.inference.nodes import PREDICTION_COLUMNS, predict_images
@@ -214,3 +217,47 @@ def test_a_detector_of_another_model_is_not_used(tiny_model, sample_images):
     assert rows.loc[path, "status"] in ("ok", "uncertain")
     # the input checks need no detector: colour and blank images are still refused
     assert rows.loc[["astronaut.png", "flat.png"], "status"].eq("out_of_distribution").all()
+
+
+def test_dicom_versions_of_sample_slices_get_the_pngs_answers(tiny_model, sample_images):
+    from pydicom.data import get_testdata_file
+
+    from tests.dicom_files import ENCODINGS, PATIENT_MARKERS, ct_dicom
+
+    pngs = [p for p in sample_images if p.startswith("Data/test/")][:4]
+    files: dict = {}
+    for index, path in enumerate(pngs):  # every encoding, nested folders, names without suffix
+        encoding = ENCODINGS[index % len(ENCODINGS)]
+        data = ct_dicom(sample_images[path], encoding, slope=0.5, intercept=-2000, unsigned=True)
+        files[f"series/a/b/{index}"] = lambda data=data: data
+        files[f"png/{index}.png"] = lambda path=path: sample_images[path]
+    multi = ct_dicom(sample_images[pngs[0]], "rle", frames=3, instance=9)
+    files["series/multi.dcm"] = lambda: multi
+    for name in ("rtplan.dcm", "MR_small.dcm", "MR_truncated.dcm"):
+        data = Path(get_testdata_file(name, download=False)).read_bytes()
+        files[f"other/{name}"] = lambda data=data: data
+
+    table = predict_images(files, tiny_model, 4)
+
+    rows = table.set_index("image")
+    for index in range(len(pngs)):
+        dicom, png = rows.loc[f"series/a/b/{index}"], rows.loc[f"png/{index}.png"]
+        assert dicom["label"] == png["label"] and dicom["status"] == png["status"]
+        np.testing.assert_allclose(
+            dicom[probability_columns()].to_numpy(float),
+            png[probability_columns()].to_numpy(float),
+            atol=0.02,
+        )
+        assert dicom["series_uid"] and dicom["sop_uid"] and dicom["instance_number"] == 1
+        assert pd.isna(png["series_uid"]) and pd.isna(png["frame"])
+    frames = table[table["image"] == "series/multi.dcm"]
+    assert list(frames["frame"]) == [0, 1, 2] and set(frames["instance_number"]) == {9}
+    assert "without an image" in rows.loc["other/rtplan.dcm", "error"]
+    assert rows.loc["other/rtplan.dcm", "status"] == "unreadable"
+    assert "cannot be decoded" in rows.loc["other/MR_truncated.dcm", "error"]
+    mr = rows.loc["other/MR_small.dcm"]
+    assert mr["status"] == "out_of_distribution" and pd.isna(mr["label"])
+    assert mr["ood_reason"] == "a DICOM image of modality MR, not CT"
+    text = table.to_csv()
+    for marker in PATIENT_MARKERS.values():
+        assert marker not in text

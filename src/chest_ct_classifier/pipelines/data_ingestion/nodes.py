@@ -13,6 +13,7 @@ import pandas as pd
 from PIL import Image
 
 from chest_ct_classifier.config.data_ingestion import DataIngestionParameters, SplitSettings
+from chest_ct_classifier.images.dicom import DEFAULT_WINDOW, DICOM_SUFFIXES, Window, is_dicom
 from chest_ct_classifier.images.duplicates import near_duplicate_groups, perceptual_hash
 from chest_ct_classifier.images.labels import LABELS, label_from_folder, split_from_folder
 from chest_ct_classifier.images.preprocessing import UnreadableImageError, decode_image
@@ -61,8 +62,9 @@ def locate(path: str) -> tuple[str | None, str | None]:
     return split, label
 
 
-def describe_image(path: str, data: bytes) -> dict[str, Any]:
-    """One index row: location, content hash, size, mode, real format, readability."""
+def describe_image(path: str, data: bytes, dicom_window: Window = DEFAULT_WINDOW) -> dict[str, Any]:
+    """One index row: location, content hash, size, mode, real format (``DICOM`` for DICOM
+    files), readability."""
     split, label = locate(path)
     row: dict[str, Any] = {
         "path": path,
@@ -79,12 +81,15 @@ def describe_image(path: str, data: bytes) -> dict[str, Any]:
         "phash": None,
     }
     try:
-        with Image.open(io.BytesIO(data)) as header:
-            row.update(
-                width=header.width, height=header.height, mode=header.mode, format=header.format
-            )
+        if is_dicom(data):
+            row.update(mode="DICOM", format="DICOM")
+        else:
+            with Image.open(io.BytesIO(data)) as header:
+                row.update(mode=header.mode, format=header.format)
         # the very decoding training and serving use
-        row["phash"] = perceptual_hash(decode_image(data))
+        image = decode_image(data, dicom_window=dicom_window)
+        row.update(width=image.width, height=image.height)
+        row["phash"] = perceptual_hash(image)
         row["readable"] = True
     except (UnreadableImageError, OSError, ValueError) as exc:
         row["error"] = str(exc)
@@ -92,22 +97,30 @@ def describe_image(path: str, data: bytes) -> dict[str, Any]:
 
 
 def index_images(
-    image_files: dict[str, Callable[[], bytes]], parameters: DataIngestionParameters
+    image_files: dict[str, Callable[[], bytes]],
+    parameters: DataIngestionParameters,
+    dicom_window: Window = DEFAULT_WINDOW,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Index every image file of the source, and summarize what was found.
 
-    Files whose extension is not an image's are listed as skipped; unreadable images are
-    indexed with their error, never raised.
+    Image files are known by their extension, DICOM files also by their content (scanners
+    often write them without an extension); other files are listed as skipped. Unreadable
+    images are indexed with their error, never raised.
 
     Returns:
         The image index (one row per image file, columns INDEX_COLUMNS) and a JSON summary.
     """
     rows, skipped = [], []
     for path in sorted(image_files):
-        if PurePosixPath(path).suffix.lower() not in IMAGE_SUFFIXES:
-            skipped.append(path)
-            continue
-        rows.append(describe_image(path, image_files[path]()))
+        suffix = PurePosixPath(path).suffix.lower()
+        data = None
+        if suffix not in IMAGE_SUFFIXES | DICOM_SUFFIXES:
+            data = image_files[path]()
+            if not is_dicom(data):
+                skipped.append(path)
+                continue
+        data = image_files[path]() if data is None else data
+        rows.append(describe_image(path, data, dicom_window))
     index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
     if index.empty:
         raise ValueError(f"no image files found in {parameters.source!r}")
@@ -168,6 +181,7 @@ def select_usable_images(
 EXPECTED_FORMATS = {
     ".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP",
     ".tif": "TIFF", ".tiff": "TIFF", ".gif": "GIF", ".webp": "WEBP",
+    ".dcm": "DICOM", ".dicom": "DICOM",
 }  # fmt: skip
 IMAGE_TABLE_COLUMNS = [
     "path", "split", "label", "sha256", "phash", "group", "copy_in_train", "label_conflict",

@@ -10,7 +10,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 index_images,
-                inputs=["raw_images", "params:data_ingestion"],
+                inputs=["raw_images", "params:data_ingestion", "params:preprocessing.dicom_window"],
                 outputs=["image_index", "ingestion_summary"],
                 name="index_images",
             ),

@@ -16,11 +16,12 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from chest_ct_classifier.config.evaluation import EvaluationParameters, PrecisionGateSettings
+from chest_ct_classifier.images.dicom import DEFAULT_WINDOW, Window
 from chest_ct_classifier.images.labels import DISPLAY_NAMES, LABELS
-from chest_ct_classifier.images.plausibility import implausibility
 from chest_ct_classifier.images.preprocessing import (
     decode_image,
     image_to_array,
+    prepare_image,
     preprocess_image_bytes,
     scale_for_vgg16,
 )
@@ -149,6 +150,7 @@ def measure_ood_detector(
     images: dict[str, Callable[[], bytes]],
     reference_images: dict[str, Callable[[], bytes]],
     parameters: EvaluationParameters,
+    dicom_window: Window = DEFAULT_WINDOW,
 ) -> dict[str, Any]:
     """How the out-of-distribution check (input checks, then the detector's score) treats valid
     and test chest CT slices (it should let them through) and images that are not CT (it
@@ -163,7 +165,7 @@ def measure_ood_detector(
             f"the detector was fitted on other weights ({detector.model_fingerprint}) than the "
             f"model's ({model_fingerprint(model)})"
         )
-    batch = parameters.batch_size
+    batch, size = parameters.batch_size, image_size_of(model)
     report: dict[str, Any] = {
         "detector": {
             "method": OOD_METHOD,
@@ -184,8 +186,10 @@ def measure_ood_detector(
         content, inverse = np.unique(cache.content[rows], return_inverse=True)
         scores = detector.scores(cached_features(model, cache.activations[content], batch))
         scores = scores[inverse]
-        implausible = np.array([implausibility(decode_image(images[p]())) is not None
-                                for p in cache.path[rows]])  # fmt: skip
+        implausible = np.array([
+            prepare_image(images[p](), size, dicom_window=dicom_window).input_problem is not None
+            for p in cache.path[rows]
+        ])  # fmt: skip
         flagged = implausible | (scores > detector.threshold)
         in_scores.append(scores)
         report["in_distribution"][split] = {
@@ -200,14 +204,14 @@ def measure_ood_detector(
                 ("leak_free", ~cache.copy_in_train[rows]),
             )
         }
-    size = image_size_of(model)
     keys = sorted(reference_images)
-    files = [reference_images[key]() for key in keys]
-    reasons = [implausibility(decode_image(data)) for data in files]
+    prepared = [prepare_image(reference_images[key](), size, dicom_window=dicom_window)
+                for key in keys]  # fmt: skip
+    reasons = [image.input_problem for image in prepared]
     scores = detector.scores(
         predict_in_batches(
             feature_extractor(model, FEATURE_LAYER),
-            np.stack([preprocess_image_bytes(data, size) for data in files]),
+            np.stack([image.model_input for image in prepared]),
             batch,
         )
     )
@@ -427,6 +431,7 @@ def plot_grad_cam_examples(
     images: dict[str, Callable[[], bytes]],
     cache: ActivationCache,
     parameters: EvaluationParameters,
+    dicom_window: Window = DEFAULT_WINDOW,
 ) -> plt.Figure:
     """Grad-CAM overlays: per class, the most confident correct and wrong answer on test (on
     valid when there is no test), so a reader sees what the model looks at, shortcuts included.
@@ -448,7 +453,8 @@ def plot_grad_cam_examples(
                 axis.set_title(f"{DISPLAY_NAMES[label]}: no {kind} answer", fontsize=8)
                 continue
             chosen = candidates[np.argmax(probabilities[candidates].max(axis=1))]
-            rgb = image_to_array(decode_image(images[paths[chosen]]()), size)
+            data = images[paths[chosen]]()
+            rgb = image_to_array(decode_image(data, dicom_window=dicom_window), size)
             heatmap, answer = grad_cam(model, scale_for_vgg16(rgb))
             axis.imshow(overlay_heatmap(rgb, heatmap))
             axis.set_title(
@@ -461,12 +467,17 @@ def plot_grad_cam_examples(
     return figure
 
 
+def _model_input(data: bytes, size: int, dicom_window: Window) -> np.ndarray:
+    return preprocess_image_bytes(data, size, dicom_window=dicom_window)
+
+
 def check_reduced_precisions(
     model: keras.Model,
     int8_model: bytes,
     images: dict[str, Callable[[], bytes]],
     image_table: pd.DataFrame,
     parameters: EvaluationParameters,
+    dicom_window: Window = DEFAULT_WINDOW,
 ) -> tuple[dict[str, Any], dict[str, list[dict[str, float]]]]:
     """The accuracy gate of the reduced-precision paths, and their speed on this machine.
 
@@ -492,7 +503,7 @@ def check_reduced_precisions(
     ].sort_values("path")
     inputs = {
         split: (
-            np.stack([preprocess_image_bytes(images[p](), size) for p in group["path"]]),
+            np.stack([_model_input(images[p](), size, dicom_window) for p in group["path"]]),
             group["label"].map(LABELS.index).to_numpy(),
         )
         for split, group in rows.groupby("split")

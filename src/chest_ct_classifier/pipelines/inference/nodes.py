@@ -14,19 +14,24 @@ import keras
 import numpy as np
 import pandas as pd
 
+from chest_ct_classifier.images.dicom import DEFAULT_WINDOW, Window
 from chest_ct_classifier.images.labels import LABELS, probability_columns
 from chest_ct_classifier.images.preprocessing import (
     PreparedImage,
+    SliceSource,
     UnreadableImageError,
     bytes_from_base64,
-    prepare_image,
+    prepare_images,
+    slice_source_of,
 )
 from chest_ct_classifier.model.architecture import image_size_of
 from chest_ct_classifier.model.batches import map_batches
 from chest_ct_classifier.model.numeric_precision import Forward, model_fingerprint, select_forward
 from chest_ct_classifier.model.ood import (
+    OK,
     OUT_OF_DISTRIBUTION,
     STATUSES,
+    UNCERTAIN,
     OodDetector,
     answer_status,
     check,
@@ -37,12 +42,16 @@ logger = logging.getLogger(__name__)
 
 UNREADABLE = "unreadable"
 """The status of a file that could not be read (``error`` says why)."""
+SLICE_COLUMNS = ["frame", "series_uid", "sop_uid", "instance_number"]
+"""Which slice of a DICOM file a row is (empty for other images): never anything naming a
+patient."""
 PREDICTION_COLUMNS = [
-    "image", "status", "label", *probability_columns(), "ood_score", "ood_reason", "error",
+    "image", *SLICE_COLUMNS, "status", "label", *probability_columns(), "ood_score",
+    "ood_reason", "error",
 ]  # fmt: skip
-"""One row per image. ``status``: ok, uncertain, out_of_distribution (``label`` empty, the
-probabilities kept for reference) or unreadable (``error`` says why). ``ood_reason``: why an
-image was refused, or why it was not checked."""
+"""One row per image (per frame of a multi-frame DICOM file). ``status``: ok, uncertain,
+out_of_distribution (``label`` empty, the probabilities kept for reference) or unreadable
+(``error`` says why). ``ood_reason``: why an image was refused, or why it was not checked."""
 
 
 def predict_images(
@@ -54,9 +63,11 @@ def predict_images(
     precision: str = "fp32",
     ood_detector: OodDetector | None = None,
     uncertain_below: float = 0.5,
+    dicom_window: Window = DEFAULT_WINDOW,
 ) -> pd.DataFrame:
     """One row per image, in the order given (``PREDICTION_COLUMNS``): its status, predicted
     label and class probabilities, the out-of-distribution score, or why it could not be read.
+    A multi-frame DICOM file gives a row per frame; DICOM goes through ``dicom_window``.
 
     Images that cannot be read are reported in ``error`` and do not stop the run.
     ``precision`` (``auto``, ``fp32``, ``bf16`` or ``int8``) is served only as far as the
@@ -71,13 +82,18 @@ def predict_images(
     rows: list[dict[str, Any]] = []
     readable: list[tuple[int, PreparedImage]] = []
     for path in images:
-        row = {"image": path, "status": UNREADABLE, "label": None, "error": None}
+        data = b""
         try:
-            readable.append((len(rows), prepare_image(images[path](), image_size)))
+            data = images[path]()
+            prepared = prepare_images(data, image_size, dicom_window=dicom_window)
         except (UnreadableImageError, OSError) as exc:
-            row["error"] = str(exc)
             logger.warning("Cannot predict %s: %s", path, exc)
-        rows.append(row)
+            rows.append({"image": path, **_slice_of(slice_source_of(data)),
+                         "status": UNREADABLE, "error": str(exc)})  # fmt: skip
+            continue
+        for image in prepared:
+            readable.append((len(rows), image))
+            rows.append({"image": path, **_slice_of(image.source)})
 
     def answer(chosen: np.ndarray) -> np.ndarray:
         probabilities, features = forward.with_features(
@@ -106,6 +122,7 @@ def predict_images(
         rows[position].update(zip(probability_columns(), map(float, probabilities), strict=True))
 
     table = pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
+    table[["frame", "instance_number"]] = table[["frame", "instance_number"]].astype("Int64")
     logger.info("Predictions: %s", table["status"].value_counts().to_dict())
     return table
 
@@ -144,6 +161,56 @@ def _forward(
     gate_key = json.dumps(precision_gate, sort_keys=True) if precision_gate else None
     key = ("forward", id(model), id(int8_model), requested, gate_key)
     return _built(key, (model, int8_model), build)
+
+
+SERIES_COLUMNS = [
+    "series_uid", "n_slices", "n_out_of_distribution", "n_unreadable",
+    *[f"{stat}_{column}" for column in probability_columns() for stat in ("mean", "max")],
+    *[f"top_slice_{label}" for label in LABELS],
+]  # fmt: skip
+
+
+def summarize_series(predictions: pd.DataFrame) -> pd.DataFrame:
+    """One row per DICOM series (SeriesInstanceUID) of the predictions: how many slices were
+    answered, refused as out of distribution, or unreadable; each class's mean and largest
+    probability over the answered slices; and for each class the slice with the largest
+    probability (``image`` path, ``#frame`` for a frame of a multi-frame file).
+
+    A slice classifier says nothing about the series as a whole: these are summaries of slice
+    answers, not a diagnosis of the scan. Images without a series (PNG, JPEG) have no row.
+    """
+    rows = []
+    dicom = predictions[predictions["series_uid"].notna()]
+    for series, group in dicom.groupby("series_uid", sort=True):
+        answered = group[group["status"].isin([OK, UNCERTAIN])]
+        row: dict[str, Any] = {
+            "series_uid": series,
+            "n_slices": len(group),
+            "n_out_of_distribution": int((group["status"] == OUT_OF_DISTRIBUTION).sum()),
+            "n_unreadable": int((group["status"] == UNREADABLE).sum()),
+        }
+        for column, label in zip(probability_columns(), LABELS, strict=True):
+            values = answered[column].astype(float)
+            row[f"mean_{column}"] = float(values.mean()) if len(values) else None
+            row[f"max_{column}"] = float(values.max()) if len(values) else None
+            row[f"top_slice_{label}"] = _slice_name(answered.loc[values.idxmax()]) if len(
+                values) else None  # fmt: skip
+        rows.append(row)
+    return pd.DataFrame(rows, columns=SERIES_COLUMNS)
+
+
+def _slice_name(row: pd.Series) -> str:
+    frame = row["frame"]
+    return row["image"] if pd.isna(frame) else f"{row['image']}#{int(frame)}"
+
+
+def _slice_of(source: SliceSource) -> dict[str, Any]:
+    return {
+        "frame": source.frame,
+        "series_uid": source.series_uid,
+        "sop_uid": source.sop_uid,
+        "instance_number": source.instance_number,
+    }
 
 
 def _detector(detector: OodDetector | None, model: keras.Model) -> OodDetector | None:

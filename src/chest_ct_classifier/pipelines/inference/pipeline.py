@@ -3,7 +3,7 @@ as the served model: the pipeline MLflow logs and registers (see pipeline_regist
 
 from kedro.pipeline import Pipeline, node, pipeline
 
-from .nodes import audit_record_of_run, images_from_request, predict_images
+from .nodes import audit_record_of_run, images_from_request, predict_images, summarize_series
 
 # The input of the served model: a table of base64 images (see images_from_request).
 SERVING_INPUT = "serving_input"
@@ -17,6 +17,7 @@ _MODEL_INPUTS = [
     "params:inference.precision",
     "ood_detector",
     "params:inference.uncertain_below",
+    "params:preprocessing.dicom_window",
 ]
 
 
@@ -28,6 +29,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=["inference_images", *_MODEL_INPUTS],
                 outputs="predictions",
                 name="predict_images",
+            ),
+            node(
+                summarize_series,
+                inputs="predictions",
+                outputs="series_predictions",
+                name="summarize_series",
             ),
             node(
                 audit_record_of_run,

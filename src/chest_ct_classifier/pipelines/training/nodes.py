@@ -13,6 +13,7 @@ import pandas as pd
 
 from chest_ct_classifier.config.training import TrainingParameters
 from chest_ct_classifier.images.augmentation import augment, augmentation_model
+from chest_ct_classifier.images.dicom import DEFAULT_WINDOW, Window
 from chest_ct_classifier.images.labels import LABELS
 from chest_ct_classifier.images.preprocessing import decode_image, image_to_array, scale_for_vgg16
 from chest_ct_classifier.images.splitting import grouped_split
@@ -55,6 +56,7 @@ def cache_activations(
     image_table: pd.DataFrame,
     model: keras.Model,
     parameters: TrainingParameters,
+    dicom_window: Window = DEFAULT_WINDOW,
 ) -> ActivationCache:
     """Activations of the frozen layers for every usable image, and for augmented views of the
     images training may use, computed once.
@@ -89,7 +91,8 @@ def cache_activations(
             block_5.predict_on_batch, block_4, batch_size, block_5.output_shape[1:]
         )
 
-    rgb = np.stack([image_to_array(decode_image(images[p]()), size) for p in contents["path"]])
+    rgb = np.stack([image_to_array(decode_image(images[p](), dicom_window=dicom_window), size)
+                    for p in contents["path"]])  # fmt: skip
     activations, features = frozen_outputs(rgb, "originals")
 
     trainable = rows["split"].isin(POOL_SPLITS) & ~rows["label_conflict"]

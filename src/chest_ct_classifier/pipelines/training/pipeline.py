@@ -19,7 +19,13 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             node(
                 cache_activations,
-                inputs=["ingested_images", "image_table", "untrained_model", "params:training"],
+                inputs=[
+                    "ingested_images",
+                    "image_table",
+                    "untrained_model",
+                    "params:training",
+                    "params:preprocessing.dicom_window",
+                ],
                 outputs="cached_activations",
                 name="cache_activations",
             ),

@@ -40,6 +40,7 @@
     bars: byId("probability-bars"),
     modelInfo: byId("model-info"),
     modelMeasured: byId("model-measured"),
+    frames: byId("result-frames"),
   };
 
   const state = {
@@ -48,6 +49,7 @@
     previewUrl: null,
     result: null,
     heatmap: null, // base64 PNG for the current file, once computed
+    slicePreview: null, // base64 PNG of a DICOM slice as the model saw it (browsers show no DICOM)
     busy: false,
     serial: 0, // answers to older requests are ignored
   };
@@ -262,6 +264,7 @@
   function resetResult() {
     state.result = null;
     state.heatmap = null;
+    state.slicePreview = null;
     show(ui.result, false);
     show(ui.placeholder, true);
     ui.bars.replaceChildren();
@@ -347,6 +350,12 @@
     ui.unchecked.textContent = unchecked ? `Out-of-distribution check ${ood.reason}.` : "";
     show(ui.unchecked, unchecked);
     show(ui.probabilities, !refused);
+    const frames = Array.isArray(data.frames) ? data.frames.length : 0;
+    ui.frames.textContent = frames
+      ? `This DICOM file has ${frames} frames: the answer above is for the first. The JSON ` +
+        "API answers every frame; batch inference also summarises whole series."
+      : "";
+    show(ui.frames, frames > 0);
     ui.bars.replaceChildren(
       ...classesOf(data).map((item) => probabilityRow(item, !refused && item.label === data.label)),
     );
@@ -362,7 +371,13 @@
   }
 
   function renderImageFrame() {
-    const previewOk = Boolean(state.previewUrl) && !ui.preview.dataset.failed;
+    const sliceSrc = state.slicePreview ? `data:image/png;base64,${state.slicePreview}` : null;
+    // a DICOM file: the browser cannot show it, the server sends the slice it classified
+    if (sliceSrc && ui.preview.getAttribute("src") !== sliceSrc) {
+      delete ui.preview.dataset.failed;
+      ui.preview.src = sliceSrc;
+    }
+    const previewOk = Boolean(state.previewUrl || sliceSrc) && !ui.preview.dataset.failed;
     const heatmapOn = ui.heatmapToggle.checked && Boolean(state.heatmap);
     if (heatmapOn) {
       const src = `data:image/png;base64,${state.heatmap}`;
@@ -372,7 +387,11 @@
     show(ui.preview, previewOk && !heatmapOn);
     show(ui.imageFrame, previewOk || heatmapOn);
     show(ui.previewUnavailable, Boolean(state.file) && !previewOk && !heatmapOn);
-    ui.frameCaption.textContent = heatmapOn ? "Grad-CAM overlay" : "Your image";
+    ui.frameCaption.textContent = heatmapOn
+      ? "Grad-CAM overlay"
+      : sliceSrc
+        ? "DICOM slice, as the model saw it"
+        : "Your image";
   }
 
   // ---- actions ---------------------------------------------------------------------------
@@ -416,6 +435,7 @@
       if (serial !== state.serial) return;
       state.result = data;
       if (data.heatmap_png) state.heatmap = data.heatmap_png;
+      if (data.preview_png) state.slicePreview = data.preview_png;
       renderResult(data);
       if (explain && !data.heatmap_png) {
         showError("The server did not send a heatmap for this image.");
@@ -473,7 +493,7 @@
     if (!state.uploadEnabled) return;
     const files = event.dataTransfer.files;
     if (!files || files.length === 0) {
-      showError("Nothing to upload: drop an image file (PNG or JPEG).");
+      showError("Nothing to upload: drop an image file (PNG, JPEG or DICOM).");
       return;
     }
     try {
