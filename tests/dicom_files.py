@@ -11,9 +11,9 @@ from __future__ import annotations
 import io
 
 import numpy as np
-from PIL import Image
 
 from chest_ct_classifier.images.dicom import lung_window_values
+from chest_ct_classifier.images.preprocessing import decode_image
 
 PATIENT_MARKERS = {
     "PatientName": "Zzmarker^Patientname",
@@ -31,8 +31,9 @@ ENCODINGS = ("explicit", "implicit", "rle", "jpeg2000")
 
 
 def grey_pixels(png: bytes) -> np.ndarray:
-    """The PNG's grey levels (uint8, H x W): what the lung window must give back."""
-    return np.asarray(Image.open(io.BytesIO(png)).convert("L"))
+    """The image's grey levels (uint8, H x W) as the project decodes it (transparency on black,
+    16-bit rescaled): what the lung window must give back."""
+    return np.asarray(decode_image(png).convert("L"))
 
 
 def ct_dicom(
