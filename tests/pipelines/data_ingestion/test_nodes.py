@@ -215,14 +215,17 @@ def test_dicom_files_are_indexed_by_content_with_labels_from_their_folders(sampl
     files["Data/train/normal/README"] = lambda: b"not an image, no extension"
     multi = ct_dicom(sample_images[pngs[0]], frames=2)
     files["Data/train/normal/multi.dcm"] = lambda: multi
+    mr = ct_dicom(sample_images[pngs[0]], modality="MR")
+    files["Data/train/normal/mr.dcm"] = lambda: mr
 
     index, summary = index_images(files, PARAMS)
 
     dicom = index[index["format"] == "DICOM"]
-    assert len(dicom) == len(pngs) + 1 and dicom["mode"].eq("DICOM").all()
+    assert len(dicom) == len(pngs) + 2 and dicom["mode"].eq("DICOM").all()
     readable = dicom[dicom["readable"]]
-    assert len(readable) == len(pngs)  # the multi-frame file is no training slice
+    assert len(readable) == len(pngs)  # neither the multi-frame file nor the MR slice
     assert "multi-frame" in index.set_index("path").loc["Data/train/normal/multi.dcm", "error"]
+    assert "modality MR, not CT" in index.set_index("path").loc["Data/train/normal/mr.dcm", "error"]
     assert readable["label"].notna().all() and (readable["split"] == "train").all()
     # the same slices as the PNGs: the same perceptual hashes, the same sizes
     as_png = index_images({p: (lambda p=p: sample_images[p]) for p in pngs}, PARAMS)[0]

@@ -13,10 +13,16 @@ import pandas as pd
 from PIL import Image
 
 from chest_ct_classifier.config.data_ingestion import DataIngestionParameters, SplitSettings
-from chest_ct_classifier.images.dicom import DEFAULT_WINDOW, DICOM_SUFFIXES, Window, is_dicom
+from chest_ct_classifier.images.dicom import (
+    DEFAULT_WINDOW,
+    DICOM_SUFFIXES,
+    Window,
+    is_dicom,
+    modality_problem,
+)
 from chest_ct_classifier.images.duplicates import near_duplicate_groups, perceptual_hash
 from chest_ct_classifier.images.labels import LABELS, label_from_folder, split_from_folder
-from chest_ct_classifier.images.preprocessing import UnreadableImageError, decode_image
+from chest_ct_classifier.images.preprocessing import UnreadableImageError, decode_images
 from chest_ct_classifier.images.sources import IMAGE_SUFFIXES
 from chest_ct_classifier.images.splitting import grouped_split
 
@@ -87,7 +93,15 @@ def describe_image(path: str, data: bytes, dicom_window: Window = DEFAULT_WINDOW
             with Image.open(io.BytesIO(data)) as header:
                 row.update(mode=header.mode, format=header.format)
         # the very decoding training and serving use
-        image = decode_image(data, dicom_window=dicom_window)
+        decoded = decode_images(data, dicom_window=dicom_window)
+        if len(decoded) != 1:
+            raise UnreadableImageError(
+                f"a multi-frame DICOM file ({len(decoded)} frames): a training slice is one image"
+            )
+        problem = modality_problem(decoded[0].source.modality)
+        if problem:  # an MR or X-ray slice must not be learned as a chest CT slice
+            raise UnreadableImageError(problem)
+        image = decoded[0].image
         row.update(width=image.width, height=image.height)
         row["phash"] = perceptual_hash(image)
         row["readable"] = True
