@@ -37,6 +37,7 @@ setup: $(VENV)/.installed ## create .venv/ with the locked versions (project + d
 
 $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --locked --python $(PYTHON)
+	@scripts/ensure_java.sh
 	@touch $@
 
 run: setup ## run the whole pipeline (kedro run) on the bundled sample, offline

@@ -7,7 +7,7 @@ from chest_ct_classifier.pipeline_registry import TRAINING_FLOW, logged_input_ex
 def test_every_pipeline_is_registered_and_default_is_the_training_flow():
     configure_project("chest_ct_classifier")
     pipelines.set_requested(None)
-    assert set(pipelines) == {*TRAINING_FLOW, "inference", "__default__"}
+    assert set(pipelines) == {*TRAINING_FLOW, "inference", "batch_scoring", "__default__"}
     default_nodes = {n.name for n in pipelines["__default__"].nodes}
     flow_nodes = {n.name for name in TRAINING_FLOW for n in pipelines[name].nodes}
     assert default_nodes == flow_nodes

@@ -6,6 +6,7 @@ from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
 
 from chest_ct_classifier.hooks import ChampionGateHook, NodeTimingHook, ParameterValidationHook
+from chest_ct_classifier.pipelines.batch_scoring.spark_session import SparkHook
 
 # Telemetry tries the network at every command; this project runs offline by default.
 for _variable, _value in (
@@ -24,9 +25,11 @@ CONFIG_LOADER_ARGS = {
     "custom_resolvers": {"oc.env": oc.env},
     # conf/<env> overrides single parameters (e.g. training.phase2.max_epochs), not whole files.
     "merge_strategy": {"parameters": "soft"},
+    # conf/<env>/spark.yml: the SparkSession of batch scoring (hooks.SparkHook)
+    "config_patterns": {"spark": ["spark*", "spark*/**"]},
 }
 
 # Parameters are validated before the first node (and nodes get typed settings); after a run
 # that registered a model version, the `champion` alias moves to it only if it beats the
 # champion's valid macro-F1 (chest_ct_classifier.registry.champion_gate).
-HOOKS = (ParameterValidationHook(), ChampionGateHook(), NodeTimingHook())
+HOOKS = (ParameterValidationHook(), ChampionGateHook(), NodeTimingHook(), SparkHook())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from kedro.config import OmegaConfigLoader
 
+from chest_ct_classifier.config.batch_scoring import BatchScoringParameters
 from chest_ct_classifier.config.data_ingestion import DataIngestionParameters
 from chest_ct_classifier.config.evaluation import EvaluationParameters
 from chest_ct_classifier.config.model_preparation import ModelPreparationParameters
@@ -123,6 +124,7 @@ def test_nodes_declare_the_settings_models_kedro_gives_them():
         "model_preparation": ModelPreparationParameters,
         "training": TrainingParameters,
         "evaluation": EvaluationParameters,
+        "batch_scoring": BatchScoringParameters,
     }
 
 

@@ -79,10 +79,10 @@ def _mlflow_config(monkeypatch, uri: str | None) -> dict:
         monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     else:
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    settings = {k: v for k, v in CONFIG_LOADER_ARGS.items() if k != "merge_strategy"}
+    patterns = {**settings.pop("config_patterns", {}), "mlflow": ["mlflow*", "mlflow*/**"]}
     loader = OmegaConfigLoader(
-        conf_source=str(PROJECT_ROOT / "conf"),
-        config_patterns={"mlflow": ["mlflow*", "mlflow*/**"]},
-        **{k: v for k, v in CONFIG_LOADER_ARGS.items() if k != "merge_strategy"},
+        conf_source=str(PROJECT_ROOT / "conf"), config_patterns=patterns, **settings
     )
     return loader["mlflow"]
 

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from chest_ct_classifier.config.base import Settings
+from chest_ct_classifier.config.batch_scoring import BatchScoringParameters
 from chest_ct_classifier.config.data_ingestion import DataIngestionParameters
 from chest_ct_classifier.config.evaluation import EvaluationParameters
 from chest_ct_classifier.config.inference import InferenceParameters
@@ -31,6 +32,7 @@ class ProjectParameters(Settings):
     training: TrainingParameters
     evaluation: EvaluationParameters
     inference: InferenceParameters
+    batch_scoring: BatchScoringParameters
 
 
 class ParameterError(ValueError):

@@ -58,6 +58,9 @@ class OutOfDistributionSettings(Settings):
 
 
 class TrainingParameters(Settings):
+    distribute: Literal["none", "mirrored"] = "none"
+    """mirrored: train on every GPU of the machine (MirroredStrategy; logical CPU devices when
+    there is none)."""
     activation_batch_size: int = Field(ge=1)
     """Images per forward pass of the frozen layers."""
     batch_size: int = Field(ge=1)

@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp"})
-# Archive folders that hold no data: macOS resource forks and version-control folders.
-_JUNK_PARTS = frozenset({"__MACOSX", ".git", ".dvc"})
+JUNK_PARTS = frozenset({"__MACOSX", ".git", ".dvc"})
+"""Archive folders that hold no data: macOS resource forks and version-control folders."""
 
 
 class SourceError(RuntimeError):
@@ -82,7 +82,7 @@ def list_files(root: Path) -> list[str]:
     files = []
     for path in root.rglob("*"):
         relative = path.relative_to(root)
-        if any(part.startswith(".") or part in _JUNK_PARTS for part in relative.parts):
+        if any(part.startswith(".") or part in JUNK_PARTS for part in relative.parts):
             continue
         if path.is_file():
             files.append(relative.as_posix())

@@ -29,6 +29,7 @@ from chest_ct_classifier.model.architecture import (
     set_block_trainable,
 )
 from chest_ct_classifier.model.batches import map_batches
+from chest_ct_classifier.model.distribution import distribution_scope
 from chest_ct_classifier.scoring.metrics import macro_f1, negative_log_likelihood
 
 logger = logging.getLogger(__name__)
@@ -136,11 +137,32 @@ def train_two_phase(
             ``epochs`` is given, in which case they are only reported.
         epochs: run exactly this many epochs in (phase 1, phase 2), no early stopping.
 
+    With ``parameters.distribute`` ``mirrored``, the copy is built and trained on every device
+    of the machine (``model.distribution``).
+
     Returns:
         The trained copy (block 5 frozen again) and the result of each phase.
     """
     if len(train.labels) == 0:
         raise ValueError("no training images")
+    with distribution_scope(parameters.distribute) as replicas:
+        trained, phases = _train_two_phase(model, train, parameters, monitor, epochs)
+    if replicas == 1:
+        return trained, phases
+    # The same weights in a model of this device, outside the strategy: what calibration,
+    # evaluation, saving and serving use (a mirrored model predicts once per device).
+    plain = keras.models.clone_model(model)
+    plain.set_weights(trained.get_weights())
+    return plain, phases
+
+
+def _train_two_phase(
+    model: keras.Model,
+    train: CachedImages,
+    parameters: TrainingParameters,
+    monitor: CachedImages | None,
+    epochs: tuple[int, int] | None,
+) -> tuple[keras.Model, dict[str, PhaseResult]]:
     seed = parameters.seed
     keras.utils.set_random_seed(seed)
     trained = keras.models.clone_model(model)
