@@ -185,3 +185,21 @@ def test_parameters_are_checked_when_the_context_is_created():
     broken = {**_base_parameters(), "inference": {**_base_parameters()["inference"], "x": 1}}
     with pytest.raises(ParameterError, match=r"inference\.x: unknown key"):
         ParameterValidationHook().after_context_created(Context(broken))
+
+
+def test_a_second_run_of_the_project_is_refused_naming_the_first(tmp_path):
+    from types import SimpleNamespace
+
+    from chest_ct_classifier.hooks import RUN_LOCK_FILE, RunLockHook
+
+    context = SimpleNamespace(project_path=tmp_path)
+    first, second = RunLockHook(), RunLockHook()
+    first.after_context_created(context)
+    second.after_context_created(context)
+    first.before_pipeline_run()
+    with pytest.raises(RuntimeError, match=r"Another run of this project is going on \(pid \d+"):
+        second.before_pipeline_run()
+    first.after_pipeline_run()  # the first ends: the next run goes ahead
+    second.before_pipeline_run()
+    second.on_pipeline_error()
+    assert (tmp_path / RUN_LOCK_FILE).is_file()

@@ -24,11 +24,18 @@ logged at ERROR level and the run's result stands.
 from __future__ import annotations
 
 import logging
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import mlflow
 from kedro.framework.hooks import hook_impl
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs are not locked there
+    fcntl = None
 from mlflow import MlflowClient
 from pydantic import BaseModel
 
@@ -42,6 +49,9 @@ from chest_ct_classifier.registry.champion_gate import (
 )
 
 logger = logging.getLogger(__name__)
+
+RUN_LOCK_FILE = Path("logs") / "kedro-run.lock"
+"""Held by the running ``kedro run`` of a project (RunLockHook)."""
 
 
 class ChampionGateHook:
@@ -178,3 +188,54 @@ class ParameterValidationHook:
         for name, value in inputs.items():
             if name.startswith("params:") and isinstance(value, BaseModel):
                 inputs[name] = value.model_dump()
+
+
+class RunLockHook:
+    """One run of a project at a time. Two runs (a second terminal, ``/train`` during ``dvc
+    repro``) would write the same models and reports; the second is refused before its first
+    node, naming the first. The lock is the operating system's (``flock``): it ends with its
+    process, so a killed run leaves nothing to clean up."""
+
+    def __init__(self) -> None:
+        self._path: Path | None = None
+        self._held = None
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        self._path = Path(context.project_path) / RUN_LOCK_FILE
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self) -> None:
+        if self._path is None or fcntl is None:  # no context yet, or no flock (Windows)
+            return
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        handle = self._path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise RuntimeError(
+                f"Another run of this project is going on ({holder}; lock {self._path}). Wait "
+                "for it to finish, or stop it, then run again: two runs would write the same "
+                "models and reports."
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        self._held = handle
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        self._release()
+
+    @hook_impl
+    def on_pipeline_error(self) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        if self._held is not None:
+            self._held.close()  # closing the file ends the lock
+            self._held = None

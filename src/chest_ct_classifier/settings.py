@@ -5,7 +5,12 @@ import os
 from kedro.config import OmegaConfigLoader
 from omegaconf.resolvers import oc
 
-from chest_ct_classifier.hooks import ChampionGateHook, NodeTimingHook, ParameterValidationHook
+from chest_ct_classifier.hooks import (
+    ChampionGateHook,
+    NodeTimingHook,
+    ParameterValidationHook,
+    RunLockHook,
+)
 from chest_ct_classifier.pipelines.batch_scoring.spark_session import SparkHook
 
 # Telemetry tries the network at every command; this project runs offline by default.
@@ -32,4 +37,10 @@ CONFIG_LOADER_ARGS = {
 # Parameters are validated before the first node (and nodes get typed settings); after a run
 # that registered a model version, the `champion` alias moves to it only if it beats the
 # champion's valid macro-F1 (chest_ct_classifier.registry.champion_gate).
-HOOKS = (ParameterValidationHook(), ChampionGateHook(), NodeTimingHook(), SparkHook())
+HOOKS = (
+    ParameterValidationHook(),
+    RunLockHook(),
+    ChampionGateHook(),
+    NodeTimingHook(),
+    SparkHook(),
+)

@@ -1,3 +1,4 @@
+import base64
 import io
 
 import keras
@@ -150,3 +151,9 @@ def test_aspect_ratio_is_kept_and_the_rest_is_black_background():
     assert (fitted[10:30] == 255).all()
     tall = image_to_array(Image.new("RGB", (50, 100), (255, 255, 255)), 40)
     assert np.array_equal(np.flatnonzero(tall.max(axis=(0, 2)) > 0), np.arange(10, 30))
+
+
+def test_base64_with_whitespace_everywhere_decodes_in_one_pass():
+    encoded = base64.b64encode(bytes(range(256)) * 64).decode()
+    spaced = " \n".join(encoded)  # whitespace between every character
+    assert bytes_from_base64(spaced) == bytes(range(256)) * 64

@@ -11,7 +11,7 @@ import requests
 
 pytestmark = pytest.mark.slow
 
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-token-long-enough-for-the-api-0123"  # at least 32 characters
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -131,3 +131,33 @@ def test_a_run_that_writes_a_broken_model_keeps_the_old_one(
     assert finished["state"] == "failed" and "cannot be loaded" in finished["message"]
     health = requests.get(f"{base}/health", timeout=10)
     assert health.status_code == 200 and health.json()["model"] == before
+
+
+def test_a_short_token_leaves_training_disabled(live_server, trained_model_path):
+    base = live_server(trained_model_path, train_token="short-token")
+    answer = requests.post(f"{base}/train", headers={"Authorization": "Bearer short-token"},
+                           timeout=10)  # fmt: skip
+    assert answer.status_code == 403 and "shorter than 32 characters" in answer.json()["error"]
+
+
+def test_wrong_tokens_lock_the_door_for_a_while(live_server, trained_model_path, tmp_path):
+    base = live_server(
+        trained_model_path, train_token=TOKEN, train_command=(sys.executable, "-c", "")
+    )
+    for _ in range(5):
+        wrong = requests.post(f"{base}/train", headers={"Authorization": "Bearer guess"},
+                              timeout=10)  # fmt: skip
+        assert wrong.status_code == 401
+    locked = requests.post(f"{base}/train", headers=AUTH, timeout=10)  # even the right one
+    assert locked.status_code == 429 and int(locked.headers["Retry-After"]) > 0
+
+
+def test_the_training_process_never_sees_the_token(live_server, trained_model_path, monkeypatch):
+    monkeypatch.setenv("CHEST_CT_TRAIN_TOKEN", TOKEN)  # as the app's own environment holds it
+    code = "import os; print('token seen:', 'CHEST_CT_TRAIN_TOKEN' in os.environ)"
+    base = live_server(
+        trained_model_path, train_token=TOKEN, train_command=(sys.executable, "-c", code)
+    )
+    job = requests.post(f"{base}/train", headers=AUTH, timeout=10).json()
+    finished = _wait(base, job["job_id"])
+    assert "token seen: False" in "\n".join(finished["log_tail"])

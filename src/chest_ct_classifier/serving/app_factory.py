@@ -18,6 +18,9 @@ from chest_ct_classifier.serving.training_jobs import TrainingJobs
 
 logger = logging.getLogger(__name__)
 
+MIN_TOKEN_LENGTH = 32
+"""Characters a /train token needs before training through the API is enabled."""
+
 
 def create_app(settings: ServingSettings | None = None) -> Flask:
     """The web app, serving the model the settings name (``CHEST_CT_*`` variables when None)."""
@@ -28,7 +31,14 @@ def create_app(settings: ServingSettings | None = None) -> Flask:
 
     state = AppState(settings)
     state.load_model()
-    if settings.train_token:
+    if settings.train_token and len(settings.train_token) < MIN_TOKEN_LENGTH:
+        state.training_refused = (
+            f"CHEST_CT_TRAIN_TOKEN is shorter than {MIN_TOKEN_LENGTH} characters: training "
+            "through the API stays disabled (`python -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))'` makes a good one)"
+        )
+        logger.error("%s", state.training_refused)
+    elif settings.train_token:
         state.jobs = TrainingJobs(settings.train_command, settings.project_path, state.switch_model)
     app.extensions["chest_ct"] = state
 

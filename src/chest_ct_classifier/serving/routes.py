@@ -22,7 +22,11 @@ from chest_ct_classifier.model.ood import OUT_OF_DISTRIBUTION, UNCERTAIN, answer
 from chest_ct_classifier.serving import audit_trail
 from chest_ct_classifier.serving.errors import ApiError
 from chest_ct_classifier.serving.model_card_page import served_model_card
-from chest_ct_classifier.serving.served_model import Classification, ServedModel
+from chest_ct_classifier.serving.served_model import (
+    Classification,
+    ExplanationsBusyError,
+    ServedModel,
+)
 from chest_ct_classifier.serving.settings import RESEARCH_NOTICE
 from chest_ct_classifier.serving.state import AppState
 from chest_ct_classifier.serving.training_jobs import TrainingBusyError, TrainingJobs
@@ -30,6 +34,8 @@ from chest_ct_classifier.serving.training_jobs import TrainingBusyError, Trainin
 blueprint = Blueprint("serving", __name__)
 
 _TRUE = {"1", "true", "yes", "on"}
+EXPLAIN_RETRY_AFTER_S = 2
+"""Seconds a refused explanation is told to wait: about one explanation on a 2-core CPU."""
 
 
 def _state() -> AppState:
@@ -100,6 +106,14 @@ def predict() -> ResponseReturnValue:
         results = model.classify(
             data, state.settings.max_image_pixels, explain, state.settings.dicom_window
         )
+    except ExplanationsBusyError as exc:
+        raise ApiError(
+            429,
+            "explanations_busy",
+            "Every Grad-CAM explanation slot is busy: ask again in a moment, or send the request "
+            "without ?explain=1 for the answer alone.",
+            {"Retry-After": str(EXPLAIN_RETRY_AFTER_S)},
+        ) from exc
     except ImageTooLargeError as exc:
         raise ApiError(413, "image_too_large", f"Too large: {exc}.") from exc
     except UnreadableImageError as exc:
@@ -237,16 +251,27 @@ def training_status(job_id: str) -> ResponseReturnValue:
 
 def _authorized_jobs() -> TrainingJobs:
     state = _state()
-    if state.jobs is None:  # created only when a token is configured
+    if state.jobs is None:  # created only when a good token is configured
         raise ApiError(
             403,
             "training_disabled",
-            "Training through the API is disabled: set CHEST_CT_TRAIN_TOKEN on the server.",
+            f"Training through the API is disabled: {state.training_refused}."
+            if state.training_refused
+            else "Training through the API is disabled: set CHEST_CT_TRAIN_TOKEN on the server.",
+        )
+    wait = state.train_attempts.retry_after()
+    if wait > 0:
+        raise ApiError(
+            429,
+            "too_many_attempts",
+            "Too many wrong tokens: /train listens again later.",
+            {"Retry-After": str(int(wait) + 1)},
         )
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(
         given.strip().encode(), state.settings.train_token.encode()
     ):
+        state.train_attempts.failed()
         raise ApiError(
             401,
             "unauthorized",

@@ -72,6 +72,10 @@ class ModelUnavailableError(RuntimeError):
     """No model could be loaded; the message says how to get one."""
 
 
+class ExplanationsBusyError(RuntimeError):
+    """As many explanations as allowed are being computed: ask again in a moment."""
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     """What the app tells users about the model it serves."""
@@ -124,6 +128,7 @@ class ServedModel:
         max_batch: int,
         batch_wait_s: float,
         detector: OodDetector | None = None,
+        max_explanations: int = 1,
     ) -> None:
         self.model = model
         self.info = info
@@ -131,8 +136,11 @@ class ServedModel:
         self.detector = detector
         self._forward = forward or traced_forward(model)
         self._batcher = RequestBatcher(self._answers, max_batch, batch_wait_s)
-        # Grad-CAM builds a probe model over the shared layers: one at a time.
+        # Grad-CAM builds a probe model over the shared layers: one at a time, and at most
+        # `max_explanations` admitted at once; the next is refused at once (a waiting request
+        # would hold a worker thread that /health and plain /predict need).
         self._explain_lock = threading.Lock()
+        self._explain_slots = threading.BoundedSemaphore(max(1, max_explanations))
         for n in sorted({1, max_batch}):  # prepare the shapes the batcher uses most
             self._forward(np.zeros((n, self.image_size, self.image_size, 3), np.float32))
 
@@ -170,7 +178,20 @@ class ServedModel:
 
         Raises:
             UnreadableImageError: not a readable image (ImageTooLargeError: too many pixels).
+            ExplanationsBusyError: ``explain`` while the allowed explanations are all running.
         """
+        if not explain:
+            return self._classify(data, max_pixels, False, dicom_window)
+        if not self._explain_slots.acquire(blocking=False):
+            raise ExplanationsBusyError("every explanation slot is taken")
+        try:
+            return self._classify(data, max_pixels, True, dicom_window)
+        finally:
+            self._explain_slots.release()
+
+    def _classify(
+        self, data: bytes, max_pixels: int | None, explain: bool, dicom_window: Window
+    ) -> list[Classification]:
         images = prepare_images(data, self.image_size, max_pixels, dicom_window)
         answers = self._batcher.predict_many([image.model_input for image in images])
         results = []
@@ -393,7 +414,13 @@ def _served(
     detector: OodDetector | None,
 ) -> ServedModel:
     return ServedModel(
-        model, info, forward, settings.max_batch, settings.batch_wait_ms / 1000.0, detector
+        model,
+        info,
+        forward,
+        settings.max_batch,
+        settings.batch_wait_ms / 1000.0,
+        detector,
+        settings.max_explanations,
     )
 
 

@@ -60,8 +60,11 @@ class ServingSettings:
     model_uri: str | None = None
     """An MLflow model URI (``models:/chest-ct-classifier@champion``): load from the registry."""
     max_upload_bytes: int = 10 * 1024 * 1024
-    max_image_pixels: int = 12_000_000
-    """A CT slice is about 0.3 megapixels; decoding costs over 13 bytes per pixel per request."""
+    max_image_pixels: int = 4_000_000
+    """A CT slice is about 0.3 megapixels (512 x 512; the archive's largest about 1.2 MP):
+    4 MP leaves a wide margin, while decoding costs over 13 bytes per pixel per request."""
+    max_explanations: int = 1
+    """Grad-CAM explanations computed at once; the next one gets 429 at once."""
     uncertain_below: float = 0.5
     """An answer whose top probability is below this is flagged ``uncertain``
     (``inference.uncertain_below``, as batch inference)."""
@@ -99,7 +102,8 @@ class ServingSettings:
             model_path=Path(model_path) if model_path else None,
             model_uri=get("MODEL_URI"),
             max_upload_bytes=int(float(get("MAX_UPLOAD_MB") or 10) * 1024 * 1024),
-            max_image_pixels=int(get("MAX_IMAGE_PIXELS") or 12_000_000),
+            max_image_pixels=int(get("MAX_IMAGE_PIXELS") or 4_000_000),
+            max_explanations=int(get("MAX_EXPLANATIONS") or 1),
             uncertain_below=float(
                 get("UNCERTAIN_BELOW")
                 or configured_inference(project_path, "uncertain_below", "0.5")

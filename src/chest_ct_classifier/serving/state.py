@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from chest_ct_classifier.serving.attempt_limit import AttemptLimiter
 from chest_ct_classifier.serving.served_model import (
     ModelUnavailableError,
     ServedModel,
@@ -25,6 +26,9 @@ class AppState:
     model: ServedModel | None = None
     model_error: str | None = None
     jobs: TrainingJobs | None = None
+    training_refused: str | None = None
+    """Why /train stays disabled although a token was set (too short), for its 403."""
+    train_attempts: AttemptLimiter = field(default_factory=AttemptLimiter)
     started: float = field(default_factory=time.monotonic)
     _switch_lock: threading.Lock = field(default_factory=threading.Lock)
 

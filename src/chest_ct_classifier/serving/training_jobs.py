@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import subprocess
 import threading
 import uuid
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -118,6 +119,7 @@ class TrainingJobs:
             with subprocess.Popen(
                 self._command,
                 cwd=self._cwd,
+                env=_without_secrets(os.environ),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -142,3 +144,11 @@ class TrainingJobs:
             with self._lock:
                 self._running = None
             logger.info("Training run %s %s: %s", job.job_id, job.state, job.message)
+
+
+SECRET_VARIABLES = ("CHEST_CT_TRAIN_TOKEN",)
+"""Variables of the app's environment a training run never sees."""
+
+
+def _without_secrets(environ: Mapping[str, str]) -> dict[str, str]:
+    return {key: value for key, value in environ.items() if key not in SECRET_VARIABLES}

@@ -1,0 +1,57 @@
+"""Expensive work is bounded: explanations beyond the allowed number are refused at once with
+429, while /health and plain /predict keep answering."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from chest_ct_classifier.serving import served_model
+from chest_ct_classifier.serving.settings import ServingSettings
+
+pytestmark = pytest.mark.slow  # trains a small model once per session
+
+
+def test_extra_explanations_get_429_and_the_rest_keeps_answering(
+    live_server, trained_model_path, sample_image_path, monkeypatch
+):
+    original = served_model.grad_cam
+
+    def slow_grad_cam(*args, **kwargs):  # an explanation as slow as VGG16's on a busy CPU
+        time.sleep(1.5)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(served_model, "grad_cam", slow_grad_cam)
+    base = live_server(trained_model_path, max_explanations=1)
+    image = sample_image_path("normal").read_bytes()
+
+    def explain(_: int) -> requests.Response:
+        return requests.post(f"{base}/predict?explain=1", files={"file": ("x.png", image)},
+                             timeout=60)  # fmt: skip
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = pool.map(explain, range(8))
+        time.sleep(0.3)  # the explanations are under way
+        started = time.perf_counter()
+        health = requests.get(f"{base}/health", timeout=10)
+        plain = requests.post(f"{base}/predict", files={"file": ("x.png", image)}, timeout=10)
+        waited = time.perf_counter() - started
+        answers = list(answers)
+    assert health.status_code == 200 and plain.status_code == 200 and waited < 2.0
+    statuses = [answer.status_code for answer in answers]
+    assert set(statuses) <= {200, 429} and statuses.count(200) >= 1 and statuses.count(429) >= 5
+    refused = next(answer for answer in answers if answer.status_code == 429)
+    assert refused.json()["code"] == "explanations_busy"
+    assert int(refused.headers["Retry-After"]) > 0
+    assert refused.elapsed.total_seconds() < 1.0  # refused at once, not after waiting
+
+
+def test_limits_default_to_what_ct_slices_need():
+    settings = ServingSettings.from_environment({})
+    assert settings.max_image_pixels == 4_000_000 and settings.max_explanations == 1
+    assert (
+        ServingSettings.from_environment({"CHEST_CT_MAX_EXPLANATIONS": "3"}).max_explanations == 3
+    )
