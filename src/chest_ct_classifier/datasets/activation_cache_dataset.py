@@ -3,14 +3,13 @@ files of plain arrays: loading one runs no code (no pickle)."""
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
 from kedro.io import AbstractDataset
 
+from chest_ct_classifier.datasets.atomic_write import write_atomically
 from chest_ct_classifier.model.activation_cache import ActivationCache
 from chest_ct_classifier.model.ood import OodDetector
 
@@ -39,17 +38,11 @@ class ArraysDataset(AbstractDataset[Any, Any]):
             return self.kind.from_arrays({name: arrays[name] for name in arrays.files})
 
     def save(self, data: Any) -> None:
-        self._filepath.parent.mkdir(parents=True, exist_ok=True)
-        # a name of its own (two runs never share a partial file), created with the usual
-        # permissions (mkstemp's would be private to this user)
-        partial = self._filepath.with_name(f".{self._filepath.name}.{uuid.uuid4().hex}.part")
-        try:
+        def write(partial: Path) -> None:
             with partial.open("xb") as file:
                 np.savez(file, **data.arrays())
-            os.replace(partial, self._filepath)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
+
+        write_atomically(self._filepath, write)
 
     def _exists(self) -> bool:
         return self._filepath.is_file()

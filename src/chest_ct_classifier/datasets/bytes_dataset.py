@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from kedro.io import AbstractDataset
 
+from chest_ct_classifier.datasets.atomic_write import write_atomically
+
 
 class BytesDataset(AbstractDataset[bytes, bytes]):
-    """Loads and saves a local file's bytes; saves are atomic (temporary file, then rename)."""
+    """Loads and saves a local file's bytes; saves are atomic
+    (``write_atomically``)."""
 
     def __init__(self, filepath: str, metadata: dict[str, Any] | None = None) -> None:
         self._filepath = Path(filepath)
@@ -20,10 +22,7 @@ class BytesDataset(AbstractDataset[bytes, bytes]):
         return self._filepath.read_bytes()
 
     def save(self, data: bytes) -> None:
-        self._filepath.parent.mkdir(parents=True, exist_ok=True)
-        partial = self._filepath.with_name(self._filepath.name + ".part")
-        partial.write_bytes(data)
-        os.replace(partial, self._filepath)
+        write_atomically(self._filepath, lambda partial: partial.write_bytes(data))
 
     def _exists(self) -> bool:
         return self._filepath.is_file()

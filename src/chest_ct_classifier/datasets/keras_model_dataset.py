@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import keras
 from kedro.io import AbstractDataset, DatasetError
+
+from chest_ct_classifier.datasets.atomic_write import write_atomically
 
 _SHARED_CLASSES: dict[type, type] = {}
 
@@ -64,10 +65,7 @@ class KerasModelDataset(AbstractDataset[keras.Model, keras.Model]):
         return share_on_deepcopy(model) if self._shared else model
 
     def save(self, data: keras.Model) -> None:
-        self._filepath.parent.mkdir(parents=True, exist_ok=True)
-        partial = self._filepath.with_name(f".{self._filepath.stem}.partial.keras")
-        data.save(partial)
-        os.replace(partial, self._filepath)
+        write_atomically(self._filepath, data.save, suffix=".keras")
 
     def _exists(self) -> bool:
         return self._filepath.is_file()
