@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchmark_serving import cpu_name  # the scripts folder is on sys.path when run
 
 PROJECT = Path(__file__).resolve().parents[1]
 MODES = {
@@ -42,16 +43,6 @@ def _run(pipeline: str, master: str | None, folder: Path) -> float:
         cwd=PROJECT, env=env, check=True, capture_output=True, timeout=3600,
     )  # fmt: skip
     return time.perf_counter() - started
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -74,7 +65,7 @@ def main() -> None:
             results[name] = {"start_up_s": round(fixed, 1), "all_s": round(whole, 1),
                              "images_per_s": round(per_second, 2)}  # fmt: skip
             print(name, results[name], flush=True)
-    report = {"cpu": _cpu(), "cores": os.cpu_count(), "images": len(images),
+    report = {"cpu": cpu_name(), "cores": os.cpu_count(), "images": len(images),
               "folder": str(args.images), "modes": results}  # fmt: skip
     out = PROJECT / "data/08_reporting/batch_scoring_benchmark"
     out.with_suffix(".json").write_text(json.dumps(report, indent=2))

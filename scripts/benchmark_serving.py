@@ -234,7 +234,8 @@ def served(base: str, images: list[bytes], single: int, clients: int, per_client
     }
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name, as results.md records it beside every figure."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -346,7 +347,7 @@ def main() -> None:
     inputs = np.stack([preprocess_image_bytes(data, size) for data in images])
     threads = args.threads
     report = {
-        "machine": f"{_cpu_name()}, {os.cpu_count()} CPUs",
+        "machine": f"{cpu_name()}, {os.cpu_count()} CPUs",
         "model": str(files.model),
         "image_size": size,
         "images": len(images),

@@ -54,6 +54,26 @@ def _answers_of_the_served_path(project: Path, inputs: np.ndarray, precision: st
     return forward(inputs)
 
 
+def _predicted_by_the_champion(
+    project: Path, folder: Path, images: list[bytes], then: str = ""
+) -> tuple[pd.DataFrame, subprocess.CompletedProcess]:
+    """The registered champion's answers for ``images`` (one base64 request), loaded outside
+    the project in a fresh interpreter that runs ``then`` afterwards."""
+    import base64
+
+    request = pd.DataFrame({"image": [base64.b64encode(data).decode("ascii") for data in images]})
+    request.to_json(folder / "request.json", orient="split", index=False)
+    script = (
+        "import sys, mlflow, pandas as pd\n"
+        f"mlflow.set_tracking_uri('sqlite:///{project / 'mlflow.db'}')\n"
+        "model = mlflow.pyfunc.load_model('models:/chest-ct-classifier@champion')\n"
+        "request = pd.read_json(sys.argv[1], orient='split')\n"
+        "model.predict(request).to_csv(sys.argv[2], index=False)\n" + then
+    )
+    result = run_tool(folder, "python", "-c", script, "request.json", "served.csv")
+    return pd.read_csv(folder / "served.csv"), result
+
+
 @pytest.fixture(scope="module")
 def project(trained_project: Path) -> Path:
     return trained_project
@@ -132,26 +152,14 @@ def test_mlflow_run_has_params_epoch_metrics_weights_tag_and_registered_model(pr
 
 
 def test_registered_model_predicts_images_outside_the_project(project, sample_images, tmp_path):
-    import base64
 
     paths = [p for p in sample_images if p.startswith("Data/test/")]
-    request = pd.DataFrame(
-        {"image": [base64.b64encode(sample_images[p]).decode("ascii") for p in paths]}
-    )
-    request.to_json(tmp_path / "request.json", orient="split", index=False)
-    script = (
-        "import sys, mlflow, pandas as pd\n"
-        f"mlflow.set_tracking_uri('sqlite:///{project / 'mlflow.db'}')\n"
-        "model = mlflow.pyfunc.load_model('models:/chest-ct-classifier@champion')\n"
-        "request = pd.read_json(sys.argv[1], orient='split')\n"
-        "model.predict(request).to_csv(sys.argv[2], index=False)\n"
-        "import chest_ct_classifier\n"
-        "print(chest_ct_classifier.__file__)\n"
-    )
-    result = run_tool(tmp_path, "python", "-c", script, "request.json", "served.csv")
+    served, result = _predicted_by_the_champion(
+        project, tmp_path, [sample_images[p] for p in paths],
+        "import chest_ct_classifier\nprint(chest_ct_classifier.__file__)\n",
+    )  # fmt: skip
     # the package came with the model (code_paths), not from this checkout
     assert "/code/chest_ct_classifier/" in result.stdout.strip().splitlines()[-1]
-    served = pd.read_csv(tmp_path / "served.csv")
     assert list(served["image"]) == list(range(len(paths)))
     assert served["error"].isna().all()
     # every answer carries its status; a slice the detector refuses has no label
@@ -170,27 +178,15 @@ def test_registered_model_predicts_images_outside_the_project(project, sample_im
 def test_registered_model_and_batch_inference_read_dicom_and_keep_patient_data_out(
     project, sample_images, tmp_path
 ):
-    import base64
 
     from tests.dicom_files import ENCODINGS, PATIENT_MARKERS, ct_dicom
 
     paths = [p for p in sample_images if p.startswith("Data/test/")][:4]
     dicoms = [ct_dicom(sample_images[p], ENCODINGS[i % len(ENCODINGS)], slope=0.5,
                        intercept=-2000, unsigned=True) for i, p in enumerate(paths)]  # fmt: skip
-    request = pd.DataFrame(
-        {"image": [base64.b64encode(data).decode("ascii")
-                   for data in [*dicoms, *(sample_images[p] for p in paths)]]}
-    )  # fmt: skip
-    request.to_json(tmp_path / "request.json", orient="split", index=False)
-    script = (
-        "import sys, mlflow, pandas as pd\n"
-        f"mlflow.set_tracking_uri('sqlite:///{project / 'mlflow.db'}')\n"
-        "model = mlflow.pyfunc.load_model('models:/chest-ct-classifier@champion')\n"
-        "model.predict(pd.read_json(sys.argv[1], orient='split')).to_csv(sys.argv[2], "
-        "index=False)\n"
+    served, result = _predicted_by_the_champion(
+        project, tmp_path, [*dicoms, *(sample_images[p] for p in paths)]
     )
-    result = run_tool(tmp_path, "python", "-c", script, "request.json", "served.csv")
-    served = pd.read_csv(tmp_path / "served.csv")
     dicom, png = served.iloc[: len(paths)], served.iloc[len(paths) :]
     assert list(dicom["status"]) == list(png["status"])
     assert list(dicom["label"].fillna("")) == list(png["label"].fillna(""))

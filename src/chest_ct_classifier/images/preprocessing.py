@@ -14,6 +14,7 @@ import binascii
 import io
 import struct
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -34,6 +35,8 @@ from chest_ct_classifier.images.plausibility import implausibility
 # subtract the ImageNet channel means. Written out so that serving does not import Keras for it.
 _VGG16_BGR_MEAN = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
+
+T = TypeVar("T")
 
 _WHITESPACE = str.maketrans("", "", " \t\n\r\x0b\x0c")
 
@@ -138,12 +141,7 @@ def decode_image(
         UnreadableImageError: as ``decode_images``; also for a DICOM file of several frames.
         ImageTooLargeError: as ``decode_images``.
     """
-    images = decode_images(data, max_pixels, dicom_window)
-    if len(images) != 1:
-        raise UnreadableImageError(
-            f"a multi-frame DICOM file ({len(images)} frames) where one slice is expected"
-        )
-    return images[0].image
+    return _only(decode_images(data, max_pixels, dicom_window)).image
 
 
 def _decode_raster(data: bytes, max_pixels: int | None) -> Image.Image:
@@ -288,7 +286,11 @@ def prepare_image(
         UnreadableImageError: as ``prepare_images``; also for a DICOM file of several frames.
         ImageTooLargeError: as ``prepare_images``.
     """
-    images = prepare_images(data, image_size, max_pixels, dicom_window)
+    return _only(prepare_images(data, image_size, max_pixels, dicom_window))
+
+
+def _only(images: list[T]) -> T:
+    """The one image of a file where one slice is expected (not a multi-frame DICOM file)."""
     if len(images) != 1:
         raise UnreadableImageError(
             f"a multi-frame DICOM file ({len(images)} frames) where one slice is expected"

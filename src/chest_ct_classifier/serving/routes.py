@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hmac
 import time
 from typing import Any
@@ -219,15 +220,7 @@ def _answer_of(result: Classification, uncertain_below: float) -> dict[str, Any]
 
 def _slice(source: SliceSource) -> dict[str, Any] | None:
     """Which slice of a DICOM file (no patient data); None for other images."""
-    if source == RASTER:
-        return None
-    return {
-        "frame": source.frame,
-        "series_uid": source.series_uid,
-        "sop_uid": source.sop_uid,
-        "instance_number": source.instance_number,
-        "modality": source.modality,
-    }
+    return None if source == RASTER else dataclasses.asdict(source)
 
 
 @blueprint.post("/train")

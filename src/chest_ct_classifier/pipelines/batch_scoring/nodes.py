@@ -46,7 +46,9 @@ def score_on_spark(files: Any, parameters: BatchScoringParameters) -> Any:
     ``spark_udf``'s struct results fail on pandas 3's Arrow-backed strings (PySpark 4.3).
     """
     model_uri = pinned_model_uri(parameters.model_uri)
-    tracking_uri = _tracking_uri()
+    import mlflow  # noqa: PLC0415
+
+    tracking_uri = mlflow.get_tracking_uri()
     logger.info("Scoring with %s", model_uri)
 
     def score(batches: Any) -> Any:
@@ -89,12 +91,6 @@ def _worker_model(model_uri: str, tracking_uri: str | None) -> Any:
             mlflow.set_tracking_uri(tracking_uri)
         _MODELS[model_uri] = mlflow.pyfunc.load_model(model_uri)
     return _MODELS[model_uri]
-
-
-def _tracking_uri() -> str | None:
-    import mlflow  # noqa: PLC0415
-
-    return mlflow.get_tracking_uri()
 
 
 def pinned_model_uri(model_uri: str) -> str:

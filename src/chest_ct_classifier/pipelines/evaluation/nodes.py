@@ -467,10 +467,6 @@ def plot_grad_cam_examples(
     return figure
 
 
-def _model_input(data: bytes, size: int, dicom_window: Window) -> np.ndarray:
-    return preprocess_image_bytes(data, size, dicom_window=dicom_window)
-
-
 def check_reduced_precisions(
     model: keras.Model,
     int8_model: bytes,
@@ -503,7 +499,12 @@ def check_reduced_precisions(
     ].sort_values("path")
     inputs = {
         split: (
-            np.stack([_model_input(images[p](), size, dicom_window) for p in group["path"]]),
+            np.stack(
+                [
+                    preprocess_image_bytes(images[p](), size, dicom_window=dicom_window)
+                    for p in group["path"]
+                ]
+            ),
             group["label"].map(LABELS.index).to_numpy(),
         )
         for split, group in rows.groupby("split")

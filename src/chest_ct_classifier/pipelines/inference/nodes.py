@@ -205,12 +205,7 @@ def _slice_name(row: pd.Series) -> str:
 
 
 def _slice_of(source: SliceSource) -> dict[str, Any]:
-    return {
-        "frame": source.frame,
-        "series_uid": source.series_uid,
-        "sop_uid": source.sop_uid,
-        "instance_number": source.instance_number,
-    }
+    return {column: getattr(source, column) for column in SLICE_COLUMNS}
 
 
 def _detector(detector: OodDetector | None, model: keras.Model) -> OodDetector | None:
