@@ -30,6 +30,14 @@ RUN groupadd --system --gid 10001 app \
 
 WORKDIR /app
 
+# nginx: the front that reads whole requests before gunicorn's threads see them (slow clients;
+# scripts/nginx.conf.template). Debian's package, without its recommends; not pinned to a version
+# (the base image's Debian release moves, and with it the only versions apt can install).
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends nginx \
+    && rm -rf /var/lib/apt/lists/*
+
 # Dependencies first, in their own layer: rebuilt only when requirements-serving.txt changes.
 # That file is exported from uv.lock (`make requirements`; a test keeps it current): the same
 # versions the tests ran, each checked against its hash.
@@ -44,9 +52,11 @@ RUN pip install --no-cache-dir --no-deps . \
     && rm -rf build src/*.egg-info
 
 # The catalog names the default model file (data/06_models/classifier.keras, relative to
-# CHEST_CT_PROJECT_PATH); app.py builds the app; gunicorn.conf.py is read from the working folder.
+# CHEST_CT_PROJECT_PATH); app.py builds the app; gunicorn.conf.py is read from the working folder;
+# scripts/serve.sh starts nginx and gunicorn (the CMD, as `make serve` does).
 COPY conf/base/ ./conf/base/
 COPY app.py gunicorn.conf.py ./
+COPY scripts/serve.sh scripts/nginx.conf.template ./scripts/
 RUN mkdir -p data/06_models && chown app:app data/06_models
 
 # By number: Kubernetes' runAsNonRoot and some hosts cannot resolve a user name.
@@ -59,5 +69,6 @@ EXPOSE 8080
 HEALTHCHECK --interval=30s --timeout=10s --start-period=180s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('PORT', '8080') + '/health', timeout=8)"]
 
-# Exec form: gunicorn is PID 1 and gets docker stop's SIGTERM; gunicorn.conf.py sets the rest.
-CMD ["gunicorn", "app:app"]
+# Exec form: serve.sh is PID 1, gets docker stop's SIGTERM and stops gunicorn, then nginx; nginx
+# listens on PORT, gunicorn (gunicorn.conf.py) on a Unix socket behind it.
+CMD ["./scripts/serve.sh"]

@@ -37,7 +37,7 @@ setup: $(VENV)/.installed ## create .venv/ with the locked versions (project + d
 
 $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --locked --python $(PYTHON)
-	@scripts/ensure_java.sh
+	@scripts/ensure_system_packages.sh
 	@touch $@
 
 run: setup ## run the whole pipeline (kedro run) on the bundled sample, offline
@@ -60,7 +60,7 @@ ui: setup ## show the MLflow runs and registered models (http://127.0.0.1:5000)
 	$(BIN)/kedro mlflow ui
 
 serve: setup ## serve the upload page and JSON API on PORT (default 8080), as the image does
-	PORT=$(PORT) $(BIN)/gunicorn app:app
+	PATH="$(CURDIR)/$(BIN):$$PATH" PORT=$(PORT) scripts/serve.sh
 
 predict: setup ## predict every image under INPUT (a file, folder or .zip) and print a table
 	@test -n "$(INPUT)" || { echo "usage: make predict INPUT=<image, folder or .zip>"; exit 2; }

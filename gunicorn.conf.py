@@ -4,8 +4,9 @@ the same way. Each value can be changed through the environment variable named b
 
 import os
 
-# All interfaces: inside a container the port is published from outside; PORT as on most hosts.
-bind = f"0.0.0.0:{os.environ.get('PORT', '8080')}"
+# The image (scripts/serve.sh) binds a private Unix socket behind nginx (GUNICORN_BIND); started
+# alone, all interfaces on PORT, as on most hosts.
+bind = os.environ.get("GUNICORN_BIND") or f"0.0.0.0:{os.environ.get('PORT', '8080')}"
 
 # One worker by default: every worker process loads its own copy of the model (VGG16, about
 # 60 MB of weights plus TensorFlow), and the /train job state lives in the worker that started

@@ -316,8 +316,11 @@ def test_image_health_check_asks_the_app():
     assert int(start_period[1]) >= 60
 
 
-def test_image_command_is_gunicorn_in_exec_form():
-    assert image_cmd() == ["gunicorn", "app:app"]
+def test_image_command_is_the_front_and_gunicorn_as_make_serve_starts_them():
+    assert image_cmd() == ["./scripts/serve.sh"]
+    serve = (PROJECT_ROOT / "scripts" / "serve.sh").read_text()
+    assert "gunicorn app:app" in serve and "nginx -p" in serve
+    assert "scripts/serve.sh" in (PROJECT_ROOT / "Makefile").read_text()
 
 
 def test_image_turns_telemetry_off():

@@ -157,3 +157,31 @@ def test_base64_with_whitespace_everywhere_decodes_in_one_pass():
     encoded = base64.b64encode(bytes(range(256)) * 64).decode()
     spaced = " \n".join(encoded)  # whitespace between every character
     assert bytes_from_base64(spaced) == bytes(range(256)) * 64
+
+
+@pytest.mark.parametrize(
+    ("size", "fmt", "mode", "decoded"),
+    [
+        ((4000, 3000), "PNG", "RGBA", (1334, 1000)),  # reduced by 3 after decoding (rounded up)
+        ((4000, 3000), "TIFF", "F", (1334, 1000)),
+        ((4096, 2048), "JPEG", "RGB", (1024, 512)),  # decoded at 1/4 scale (JPEG's draft)
+        ((2047, 900), "PNG", "RGB", (2047, 900)),  # under twice 1024: whole
+        ((1200, 874), "PNG", "L", (1200, 874)),  # the archive's largest: whole
+    ],
+)
+def test_large_images_are_shrunk_while_decoding_to_no_less_than_1024(size, fmt, mode, decoded):
+    image = Image.new(mode, size, 90 if mode != "RGBA" else (90, 90, 90, 255))
+    assert decode_image(_encode(image, fmt)).size == decoded
+
+
+def test_shrinking_keeps_the_picture_and_the_exif_orientation():
+    # a bright left half, taller than wide once the EXIF orientation (6: rotate 90) is applied
+    wide = Image.new("L", (4400, 2200))
+    wide.paste(255, (0, 0, 2200, 2200))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = io.BytesIO()
+    wide.save(out, format="PNG", exif=exif)
+    decoded = np.asarray(decode_image(out.getvalue()))
+    assert decoded.shape == (1100, 550, 3)  # rotated, then reduced by 4
+    assert decoded[:540].mean() > 250 and decoded[560:].mean() < 5  # the bright half on top

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -49,9 +50,42 @@ def test_extra_explanations_get_429_and_the_rest_keeps_answering(
     assert refused.elapsed.total_seconds() < 1.0  # refused at once, not after waiting
 
 
+def test_at_most_max_decodes_images_are_decoded_at_once(
+    live_server, trained_model_path, sample_image_path, monkeypatch
+):
+    original = served_model.prepare_images
+    running, most = [0], [0]
+    counting = threading.Lock()
+
+    def slow_decode(*args, **kwargs):  # a large image's decode, long enough to overlap
+        with counting:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.3)
+            return original(*args, **kwargs)
+        finally:
+            with counting:
+                running[0] -= 1
+
+    monkeypatch.setattr(served_model, "prepare_images", slow_decode)
+    base = live_server(trained_model_path, max_decodes=2)
+    image = sample_image_path("normal").read_bytes()
+
+    def predict(_: int) -> int:
+        return requests.post(
+            f"{base}/predict", files={"file": ("x.png", image)}, timeout=60
+        ).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(predict, range(8))) == {200}  # every one answered, in turns
+    assert most[0] == 2
+
+
 def test_limits_default_to_what_ct_slices_need():
     settings = ServingSettings.from_environment({})
     assert settings.max_image_pixels == 4_000_000 and settings.max_explanations == 1
+    assert settings.max_decodes == 2
     assert (
         ServingSettings.from_environment({"CHEST_CT_MAX_EXPLANATIONS": "3"}).max_explanations == 3
     )

@@ -43,6 +43,15 @@ _WHITESPACE = str.maketrans("", "", " \t\n\r\x0b\x0c")
 READABLE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF", "GIF", "WEBP")
 """Raster formats only: PIL's other plugins include EPS, which runs Ghostscript on the file."""
 
+DECODE_LONG_SIDE = 1024
+"""An image whose long side is at least twice this is shrunk by a whole factor as it is
+decoded, to no less than this (JPEG decodes at 1/2, 1/4 or 1/8 scale; other formats are reduced
+right after decoding), so the conversions after it cost a fraction: the model sees 224 px. The
+archive's largest image is 1200 px: no training image is touched."""
+
+_REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "I", "F"})
+"""Modes PIL's ``reduce`` averages correctly (not palette indices, not 16-bit "I;16")."""
+
 
 class UnreadableImageError(ValueError):
     """The bytes are not an image this project can read (corrupt, truncated, wrong type)."""
@@ -152,10 +161,16 @@ def _decode_raster(data: bytes, max_pixels: int | None) -> Image.Image:
             raise ImageTooLargeError(
                 f"the image is {width} x {height} pixels, more than the {max_pixels:,} allowed"
             )
+        if image.format == "JPEG" and _shrink_factor(image.size) > 1:
+            factor = _shrink_factor(image.size)
+            image.draft(image.mode, (width // factor, height // factor))
         image.load()
         # EXIF orientation and mode conversion read more of the file: broken metadata or
-        # palettes fail here, and must fail like any unreadable image.
-        return _to_rgb(ImageOps.exif_transpose(image))
+        # palettes fail here, and must fail like any unreadable image. In place: no copy.
+        ImageOps.exif_transpose(image, in_place=True)
+        if _shrink_factor(image.size) > 1 and image.mode in _REDUCIBLE_MODES:
+            image = image.reduce(_shrink_factor(image.size))
+        return _to_rgb(image)
     except UnreadableImageError:
         raise
     except Image.DecompressionBombError as exc:
@@ -165,6 +180,10 @@ def _decode_raster(data: bytes, max_pixels: int | None) -> Image.Image:
         raise UnreadableImageError("not a readable image: unknown or unsupported format") from exc
     except (OSError, SyntaxError, ValueError, struct.error) as exc:
         raise UnreadableImageError(f"not a readable image: {exc}") from exc
+
+
+def _shrink_factor(size: tuple[int, int]) -> int:
+    return max(1, max(size) // DECODE_LONG_SIDE)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -129,6 +129,7 @@ class ServedModel:
         batch_wait_s: float,
         detector: OodDetector | None = None,
         max_explanations: int = 1,
+        max_decodes: int = 2,
     ) -> None:
         self.model = model
         self.info = info
@@ -141,6 +142,9 @@ class ServedModel:
         # would hold a worker thread that /health and plain /predict need).
         self._explain_lock = threading.Lock()
         self._explain_slots = threading.BoundedSemaphore(max(1, max_explanations))
+        # A decode briefly holds several full-size copies of the image (up to about 50 bytes a
+        # pixel): at most `max_decodes` at once bounds that memory, whatever the crowd.
+        self._decode_slots = threading.BoundedSemaphore(max(1, max_decodes))
         for n in sorted({1, max_batch}):  # prepare the shapes the batcher uses most
             self._forward(np.zeros((n, self.image_size, self.image_size, 3), np.float32))
 
@@ -192,7 +196,8 @@ class ServedModel:
     def _classify(
         self, data: bytes, max_pixels: int | None, explain: bool, dicom_window: Window
     ) -> list[Classification]:
-        images = prepare_images(data, self.image_size, max_pixels, dicom_window)
+        with self._decode_slots:
+            images = prepare_images(data, self.image_size, max_pixels, dicom_window)
         answers = self._batcher.predict_many([image.model_input for image in images])
         results = []
         for index, (image, (output, score)) in enumerate(zip(images, answers, strict=True)):
@@ -421,6 +426,7 @@ def _served(
         settings.batch_wait_ms / 1000.0,
         detector,
         settings.max_explanations,
+        settings.max_decodes,
     )
 
 

@@ -65,6 +65,9 @@ class ServingSettings:
     4 MP leaves a wide margin, while decoding costs over 13 bytes per pixel per request."""
     max_explanations: int = 1
     """Grad-CAM explanations computed at once; the next one gets 429 at once."""
+    max_decodes: int = 2
+    """Images decoded at once; the next waits for a turn (decoding is brief but, for a large
+    image, memory-hungry)."""
     uncertain_below: float = 0.5
     """An answer whose top probability is below this is flagged ``uncertain``
     (``inference.uncertain_below``, as batch inference)."""
@@ -104,6 +107,7 @@ class ServingSettings:
             max_upload_bytes=int(float(get("MAX_UPLOAD_MB") or 10) * 1024 * 1024),
             max_image_pixels=int(get("MAX_IMAGE_PIXELS") or 4_000_000),
             max_explanations=int(get("MAX_EXPLANATIONS") or 1),
+            max_decodes=int(get("MAX_DECODES") or 2),
             uncertain_below=float(
                 get("UNCERTAIN_BELOW")
                 or configured_inference(project_path, "uncertain_below", "0.5")
