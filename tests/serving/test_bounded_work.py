@@ -85,7 +85,37 @@ def test_at_most_max_decodes_images_are_decoded_at_once(
 def test_limits_default_to_what_ct_slices_need():
     settings = ServingSettings.from_environment({})
     assert settings.max_image_pixels == 4_000_000 and settings.max_explanations == 1
-    assert settings.max_decodes == 2
+    assert settings.max_decodes == 2 and settings.forward_timeout_s == 30.0
     assert (
         ServingSettings.from_environment({"CHEST_CT_MAX_EXPLANATIONS": "3"}).max_explanations == 3
     )
+
+
+def test_a_hung_forward_pass_answers_503_and_the_next_request_is_served(
+    live_server, trained_model_path, sample_image_path, monkeypatch
+):
+    original = served_model.ServedModel._answers
+    hang, release = threading.Event(), threading.Event()
+
+    def answers(self, batch):  # a forward pass that hangs while `hang` is set
+        if hang.is_set():
+            release.wait(60)
+        return original(self, batch)
+
+    monkeypatch.setattr(served_model.ServedModel, "_answers", answers)
+    base = live_server(trained_model_path, forward_timeout_s=1.0)
+    image = sample_image_path("normal").read_bytes()
+    try:
+        hang.set()
+        started = time.perf_counter()
+        hung = requests.post(f"{base}/predict", files={"file": ("x.png", image)}, timeout=30)
+        waited = time.perf_counter() - started
+        assert hung.status_code == 503 and hung.json()["code"] == "model_timeout", hung.text
+        assert int(hung.headers["Retry-After"]) > 0 and 1.0 <= waited < 5.0
+        hang.clear()
+        served = requests.post(f"{base}/predict", files={"file": ("x.png", image)}, timeout=30)
+        assert served.status_code == 200, served.text  # a new batching thread answered
+        batching = requests.get(f"{base}/health", timeout=10).json()["batching"]
+        assert batching["forward_timeouts"] == 1 and batching["forward_timeout_s"] == 1.0
+    finally:
+        release.set()

@@ -104,3 +104,34 @@ def test_a_dead_worker_is_replaced(monkeypatch):
     dead.join()
     batcher._worker = dead  # as if the worker had died on an unexpected error
     assert float(batcher.predict(np.ones((1, 1, 3)), timeout=5)[0]) == 2.0
+
+
+def test_a_hung_forward_pass_fails_its_requests_and_a_new_thread_answers_the_rest():
+    release = threading.Event()
+    threads: list[str] = []
+
+    def forward(batch: np.ndarray) -> np.ndarray:
+        threads.append(threading.current_thread().name + str(threading.get_ident()))
+        if batch.mean() < 0:  # the hung pass
+            release.wait(30)
+        return np.stack([[2.0 * image.mean()] for image in batch])
+
+    batcher = RequestBatcher(forward, max_batch=4, max_wait_s=0.0, forward_timeout_s=0.5)
+    try:
+        started = time.perf_counter()
+        with pytest.raises(request_batching.ForwardTimeoutError, match=r"within 0\.5 s"):
+            batcher.predict(np.full((2, 2, 3), -1.0, np.float32))
+        assert 0.5 <= time.perf_counter() - started < 3.0
+        answer = batcher.predict(np.full((2, 2, 3), 3.0, np.float32), timeout=5)
+        assert float(answer[0]) == 6.0
+        assert len(set(threads)) == 2 and batcher.timeouts == 1  # a new worker answered it
+    finally:
+        release.set()  # the hung thread finishes; its late answer is dropped
+    time.sleep(0.1)
+    assert float(batcher.predict(np.full((2, 2, 3), 1.0, np.float32), timeout=5)[0]) == 2.0
+
+
+def test_without_a_forward_timeout_a_slow_pass_is_waited_for():
+    batcher = RequestBatcher(RecordingForward(seconds=0.6), max_batch=4, max_wait_s=0.0)
+    assert float(batcher.predict(np.ones((2, 2, 3)), timeout=5)[0]) == 2.0
+    assert batcher.timeouts == 0

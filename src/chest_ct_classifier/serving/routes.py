@@ -23,6 +23,7 @@ from chest_ct_classifier.model.ood import OUT_OF_DISTRIBUTION, UNCERTAIN, answer
 from chest_ct_classifier.serving import audit_trail
 from chest_ct_classifier.serving.errors import ApiError
 from chest_ct_classifier.serving.model_card_page import served_model_card
+from chest_ct_classifier.serving.request_batching import ForwardTimeoutError
 from chest_ct_classifier.serving.served_model import (
     Classification,
     ExplanationsBusyError,
@@ -36,6 +37,7 @@ blueprint = Blueprint("serving", __name__)
 
 _TRUE = {"1", "true", "yes", "on"}
 EXPLAIN_RETRY_AFTER_S = 2
+FORWARD_RETRY_AFTER_S = 5
 """Seconds a refused explanation is told to wait: about one explanation on a 2-core CPU."""
 
 
@@ -114,6 +116,14 @@ def predict() -> ResponseReturnValue:
             "Every Grad-CAM explanation slot is busy: ask again in a moment, or send the request "
             "without ?explain=1 for the answer alone.",
             {"Retry-After": str(EXPLAIN_RETRY_AFTER_S)},
+        ) from exc
+    except ForwardTimeoutError as exc:
+        raise ApiError(
+            503,
+            "model_timeout",
+            f"The model did not answer in time ({exc}); the server has started over on the "
+            "requests after this one. Ask again in a moment.",
+            {"Retry-After": str(FORWARD_RETRY_AFTER_S)},
         ) from exc
     except ImageTooLargeError as exc:
         raise ApiError(413, "image_too_large", f"Too large: {exc}.") from exc

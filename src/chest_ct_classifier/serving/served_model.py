@@ -130,13 +130,14 @@ class ServedModel:
         detector: OodDetector | None = None,
         max_explanations: int = 1,
         max_decodes: int = 2,
+        forward_timeout_s: float | None = None,
     ) -> None:
         self.model = model
         self.info = info
         self.image_size = info.image_size
         self.detector = detector
         self._forward = forward or traced_forward(model)
-        self._batcher = RequestBatcher(self._answers, max_batch, batch_wait_s)
+        self._batcher = RequestBatcher(self._answers, max_batch, batch_wait_s, forward_timeout_s)
         # Grad-CAM builds a probe model over the shared layers: one at a time, and at most
         # `max_explanations` admitted at once; the next is refused at once (a waiting request
         # would hold a worker thread that /health and plain /predict need).
@@ -166,6 +167,8 @@ class ServedModel:
             "max_wait_ms": self._batcher.max_wait_s * 1000.0,
             "batches": self._batcher.batches,
             "images": self._batcher.images,
+            "forward_timeout_s": self._batcher.forward_timeout_s,
+            "forward_timeouts": self._batcher.timeouts,
         }
 
     def classify(
@@ -427,6 +430,7 @@ def _served(
         detector,
         settings.max_explanations,
         settings.max_decodes,
+        settings.forward_timeout_s,
     )
 
 

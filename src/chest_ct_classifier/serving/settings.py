@@ -65,6 +65,9 @@ class ServingSettings:
     4 MP leaves a wide margin, while decoding costs over 13 bytes per pixel per request."""
     max_explanations: int = 1
     """Grad-CAM explanations computed at once; the next one gets 429 at once."""
+    forward_timeout_s: float = 30.0
+    """A forward pass running longer fails its requests with 503, and a new batching thread
+    serves the rest (a batch of 16 takes a few seconds in fp32 on a small CPU)."""
     max_decodes: int = 2
     """Images decoded at once; the next waits for a turn (decoding is brief but, for a large
     image, memory-hungry)."""
@@ -108,6 +111,7 @@ class ServingSettings:
             max_image_pixels=int(get("MAX_IMAGE_PIXELS") or 4_000_000),
             max_explanations=int(get("MAX_EXPLANATIONS") or 1),
             max_decodes=int(get("MAX_DECODES") or 2),
+            forward_timeout_s=float(get("FORWARD_TIMEOUT_S") or 30.0),
             uncertain_below=float(
                 get("UNCERTAIN_BELOW")
                 or configured_inference(project_path, "uncertain_below", "0.5")
