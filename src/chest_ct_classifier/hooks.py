@@ -40,6 +40,7 @@ from mlflow import MlflowClient
 from pydantic import BaseModel
 
 from chest_ct_classifier.config.parameters import validate_parameters
+from chest_ct_classifier.redaction import RedactingFilter, redact_values
 from chest_ct_classifier.registry.champion_gate import (
     CHAMPION_ALIAS,
     GATE_METRIC,
@@ -181,13 +182,36 @@ class ParameterValidationHook:
         validate_parameters(context.config_loader["parameters"])
 
     @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, run_params: dict[str, Any]) -> None:
+        """kedro-mlflow writes the run's parameters as MLflow tags, ``runtime_params`` (the
+        ``--params`` of the command) among them: without the credentials of any URL there."""
+        if run_params.get("runtime_params"):
+            run_params["runtime_params"] = redact_values(run_params["runtime_params"])
+
+    @hook_impl(tryfirst=True)
     def before_node_run(self, inputs: dict[str, Any]) -> None:
         """kedro-mlflow logs a node's ``params:`` inputs from the dict hooks receive, and
-        flattens only dicts (``training.phase1.max_epochs``): hand it plain values. Hooks get a
-        copy of the inputs, so the node itself still receives the settings models."""
+        flattens only dicts (``training.phase1.max_epochs``): hand it plain values, with the
+        credentials of any URL (a data source's) redacted. Hooks get a copy of the inputs, so
+        the node itself still receives the settings models, URLs whole."""
         for name, value in inputs.items():
-            if name.startswith("params:") and isinstance(value, BaseModel):
-                inputs[name] = value.model_dump()
+            if name.startswith("params:"):
+                inputs[name] = redact_values(
+                    value.model_dump() if isinstance(value, BaseModel) else value
+                )
+
+
+class LogRedactionHook:
+    """Every log handler writes URLs without their credentials (a data source may carry them),
+    whichever library logged them: a filter on each handler once the project's logging is set
+    up (Kedro allows no project classes in conf/logging.yml without an allow-list variable)."""
+
+    @hook_impl
+    def after_context_created(self) -> None:
+        loggers = [logging.getLogger(), *map(logging.getLogger, logging.root.manager.loggerDict)]
+        for handler in {handler for each in loggers for handler in each.handlers}:
+            if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+                handler.addFilter(RedactingFilter())
 
 
 class RunLockHook:

@@ -7,6 +7,7 @@ from omegaconf.resolvers import oc
 
 from chest_ct_classifier.hooks import (
     ChampionGateHook,
+    LogRedactionHook,
     NodeTimingHook,
     ParameterValidationHook,
     RunLockHook,
@@ -38,6 +39,7 @@ CONFIG_LOADER_ARGS = {
 # that registered a model version, the `champion` alias moves to it only if it beats the
 # champion's valid macro-F1 (chest_ct_classifier.registry.champion_gate).
 HOOKS = (
+    LogRedactionHook(),
     ParameterValidationHook(),
     RunLockHook(),
     ChampionGateHook(),

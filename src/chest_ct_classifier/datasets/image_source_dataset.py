@@ -10,6 +10,7 @@ from typing import Any
 from kedro.io import AbstractDataset, DatasetError
 
 from chest_ct_classifier.images.sources import SourceError, list_files, materialize_source
+from chest_ct_classifier.redaction import redact_url
 
 
 def _read(path: Path) -> bytes:
@@ -22,9 +23,10 @@ class ImageSourceDataset(AbstractDataset[None, dict[str, Callable[[], bytes]]]):
     ``source`` is a local folder, a local zip, a single file, or an http(s) URL to a zip. URLs
     are downloaded and zips extracted (safely, once) under ``workdir``; an archive must match
     ``sha256`` when one is given; archives over ``max_members`` files or
-    ``max_uncompressed_bytes`` are refused. Paths are relative to the
-    folder or to the archive root, e.g. ``Data/valid/normal/6 - Copy.png``. Reading is lazy, like
-    Kedro's PartitionedDataset: nodes call each reader when they need the bytes.
+    ``max_uncompressed_bytes`` are refused, and downloads over ``max_download_bytes``. A URL's
+    credentials are used to download and shown nowhere (``redact_url``). Paths are relative to
+    the folder or to the archive root, e.g. ``Data/valid/normal/6 - Copy.png``. Reading is lazy,
+    like Kedro's PartitionedDataset: nodes call each reader when they need the bytes.
     """
 
     def __init__(
@@ -35,6 +37,7 @@ class ImageSourceDataset(AbstractDataset[None, dict[str, Callable[[], bytes]]]):
         max_uncompressed_bytes: int = 10 * 1024**3,
         timeout_s: float = 30.0,
         sha256: str | None = None,
+        max_download_bytes: int = 10 * 1024**3,
         metadata: dict[str, Any] | None = None,
     ) -> None:
         self._source = str(source)
@@ -44,6 +47,7 @@ class ImageSourceDataset(AbstractDataset[None, dict[str, Callable[[], bytes]]]):
             "max_uncompressed_bytes": max_uncompressed_bytes,
             "timeout_s": timeout_s,
             "sha256": sha256,
+            "max_download_bytes": max_download_bytes,
         }
         self.metadata = metadata
 
@@ -63,4 +67,4 @@ class ImageSourceDataset(AbstractDataset[None, dict[str, Callable[[], bytes]]]):
         return True
 
     def _describe(self) -> dict[str, Any]:
-        return {"source": self._source, "workdir": self._workdir}
+        return {"source": redact_url(self._source), "workdir": self._workdir}

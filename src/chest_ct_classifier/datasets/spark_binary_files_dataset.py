@@ -11,6 +11,7 @@ from urllib.parse import urlparse
 from kedro.io import AbstractDataset, DatasetError
 
 from chest_ct_classifier.images.sources import JUNK_PARTS, SourceError, materialize_source
+from chest_ct_classifier.redaction import redact_url
 
 
 class SparkBinaryFilesDataset(AbstractDataset[None, Any]):
@@ -69,7 +70,7 @@ class SparkBinaryFilesDataset(AbstractDataset[None, Any]):
         return True
 
     def _describe(self) -> dict[str, Any]:
-        return {"source": self._source, "glob": self._glob, "workdir": self._workdir}
+        return {"source": redact_url(self._source), "glob": self._glob, "workdir": self._workdir}
 
 
 def _path_prefix(root: str) -> str:

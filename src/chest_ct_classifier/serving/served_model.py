@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import keras
 import numpy as np
@@ -45,6 +44,7 @@ from chest_ct_classifier.model.numeric_precision import (
 )
 from chest_ct_classifier.model.ood import METHOD as OOD_METHOD
 from chest_ct_classifier.model.ood import OodCheck, OodDetector, check, usable_detector
+from chest_ct_classifier.redaction import redact_url
 from chest_ct_classifier.serving import measured_quality
 from chest_ct_classifier.serving.request_batching import RequestBatcher
 from chest_ct_classifier.serving.settings import (
@@ -407,13 +407,6 @@ def _weights_beside(path: Path) -> str:
         return "unknown"
 
 
-def _without_credentials(uri: str) -> str:
-    parts = urlsplit(uri)
-    if "@" not in parts.netloc:
-        return uri
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
-
-
 def _served(
     model: keras.Model,
     info: ModelInfo,
@@ -504,7 +497,7 @@ def _load_from_registry(uri: str, settings: ServingSettings) -> ServedModel:
         logger.exception("Cannot serve the registered model %s", uri)
         raise ModelUnavailableError(
             f"The registered model {uri} cannot be loaded from the MLflow registry at "
-            f"{_without_credentials(mlflow.get_tracking_uri())} ({type(exc).__name__}; details "
+            f"{redact_url(mlflow.get_tracking_uri())} ({type(exc).__name__}; details "
             "in the server log). Train and register one with `kedro run`, or check "
             "MLFLOW_TRACKING_URI and CHEST_CT_MODEL_URI."
         ) from exc

@@ -25,6 +25,7 @@ from chest_ct_classifier.images.labels import LABELS, label_from_folder, split_f
 from chest_ct_classifier.images.preprocessing import UnreadableImageError, decode_images
 from chest_ct_classifier.images.sources import IMAGE_SUFFIXES
 from chest_ct_classifier.images.splitting import grouped_split
+from chest_ct_classifier.redaction import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ def index_images(
         rows.append(describe_image(path, data, dicom_window))
     index = pd.DataFrame(rows, columns=INDEX_COLUMNS)
     if index.empty:
-        raise ValueError(f"no image files found in {parameters.source!r}")
+        raise ValueError(f"no image files found in {redact_url(parameters.source)!r}")
 
     usable = index[index["readable"] & index["label"].notna() & index["split"].notna()]
     counts = {
@@ -160,7 +161,7 @@ def index_images(
             unplaced[:5],
         )
     summary = {
-        "source": parameters.source,
+        "source": redact_url(parameters.source),
         "n_files": len(image_files),
         "n_images": len(index),
         "n_usable": len(usable),

@@ -37,6 +37,7 @@ from chest_ct_classifier.model.ood import (
     check,
     usable_detector,
 )
+from chest_ct_classifier.redaction import redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -225,7 +226,7 @@ def audit_record_of_run(
     return {
         "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
         "kind": "batch_inference",
-        "input": str(input_path),
+        "input": redact_url(str(input_path)),
         "n_files": len(predictions),
         "n_unreadable": int(statuses.get(UNREADABLE, 0)),
         "statuses": {status: int(statuses.get(status, 0)) for status in (*STATUSES, UNREADABLE)},
