@@ -51,6 +51,7 @@ from chest_ct_classifier.registry.champion_gate import (
 
 logger = logging.getLogger(__name__)
 
+RELEASE_DATASET = "model_release"
 RUN_LOCK_FILE = Path("logs") / "kedro-run.lock"
 """Held by the running ``kedro run`` of a project (RunLockHook)."""
 
@@ -199,6 +200,32 @@ class ParameterValidationHook:
                 inputs[name] = redact_values(
                     value.model_dump() if isinstance(value, BaseModel) else value
                 )
+
+
+class ReleaseHook:
+    """After a successful run that evaluated the candidate model (every evaluation node ran),
+    serve it: saving the catalog's ``model_release`` copies the candidate files over the served
+    ones all at once, keeping those it replaces (registry.release). A run that fails or is
+    killed before this point leaves the served model and its reports as they were."""
+
+    @hook_impl
+    def after_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        ran = {node.name for node in pipeline.nodes}
+        if not _evaluation_nodes() <= ran:
+            return
+        catalog.save(
+            RELEASE_DATASET,
+            {
+                "kedro_session": run_params.get("session_id"),
+                "promoted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+        )
+
+
+def _evaluation_nodes() -> set[str]:
+    from chest_ct_classifier.pipelines.evaluation.pipeline import create_pipeline  # noqa: PLC0415
+
+    return {node.name for node in create_pipeline().nodes}
 
 
 class LogRedactionHook:

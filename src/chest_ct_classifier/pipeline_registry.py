@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from kedro.framework.project import find_pipelines
-from kedro.pipeline import Pipeline
+from kedro.pipeline import Pipeline, pipeline
 from kedro_mlflow.pipeline import pipeline_ml_factory
 from PIL import Image
 
@@ -19,6 +19,7 @@ from chest_ct_classifier.pipelines.inference.pipeline import (
 )
 from chest_ct_classifier.registry.champion_gate import MODEL_NAME
 from chest_ct_classifier.registry.model_environment import pinned_requirements
+from chest_ct_classifier.registry.release import CANDIDATE_OF_SERVED
 
 TRAINING_FLOW = ("data_ingestion", "model_preparation", "training", "evaluation")
 # What loading the served model and predicting with it imports, beside the package itself
@@ -77,7 +78,8 @@ def registering_model(training: Pipeline) -> Pipeline:
     """
     return pipeline_ml_factory(
         training=training,
-        inference=create_serving_pipeline(),
+        # the candidate this run evaluated (the served files change only after the run)
+        inference=pipeline(create_serving_pipeline(), inputs=CANDIDATE_OF_SERVED),
         input_name=SERVING_INPUT,
         kpm_kwargs={"copy_mode": "assign"},
         log_model_kwargs={

@@ -10,6 +10,7 @@ from chest_ct_classifier.hooks import (
     LogRedactionHook,
     NodeTimingHook,
     ParameterValidationHook,
+    ReleaseHook,
     RunLockHook,
 )
 from chest_ct_classifier.pipelines.batch_scoring.spark_session import SparkHook
@@ -43,6 +44,7 @@ HOOKS = (
     ParameterValidationHook(),
     RunLockHook(),
     ChampionGateHook(),
+    ReleaseHook(),
     NodeTimingHook(),
     SparkHook(),
 )

@@ -80,7 +80,7 @@ def project(trained_project: Path) -> Path:
 
 
 def test_default_run_leaves_model_metrics_and_plots(project):
-    assert (project / "data/06_models/untrained_model.keras").is_file()
+    assert (project / "data/06_models/candidate/untrained_model.keras").is_file()
     assert (project / "data/06_models/classifier.keras").is_file()
     assert (project / "data/08_reporting/confusion_matrix.png").stat().st_size > 1000
     metrics = json.loads((project / "data/08_reporting/metrics.json").read_text())
@@ -92,7 +92,8 @@ def test_default_run_leaves_model_metrics_and_plots(project):
         assert set(scores["per_class"]) == set(LABELS)
     assert set(metrics["leak_free"]) == {"valid", "test"}
     assert metrics["calibration"]["fitted_on"] == "holdout"
-    holdout = json.loads((project / "data/06_models/holdout_predictions.json").read_text())
+    holdout_file = project / "data/06_models/candidate/holdout_predictions.json"
+    holdout = json.loads(holdout_file.read_text())
     assert metrics["calibration"]["n_images"] == len(holdout["labels"]) > 0
     assert 0.0 <= metrics["splits"]["test"]["ece"] <= 1.0
     assert (project / "data/08_reporting/reliability.png").stat().st_size > 1000

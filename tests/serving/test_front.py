@@ -147,7 +147,7 @@ def test_slow_clients_and_a_crowd_of_explanations_leave_health_and_predict_answe
                 if answer.status_code == 429:
                     assert answer.json()["code"] == "explanations_busy"
                     assert int(answer.headers["Retry-After"]) > 0
-                    time.sleep(0.2)  # a crowd, not a single tight loop per client
+                    time.sleep(1.0)  # back again before Retry-After (2 s): a crowd, not a flood
 
     probes: list[tuple[str, float, int]] = []
     try:

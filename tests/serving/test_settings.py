@@ -23,10 +23,20 @@ def test_defaults_serve_the_file_the_catalog_names():
     assert settings.precision == parameters["inference"]["precision"] == "auto"
     assert (settings.max_batch, settings.batch_wait_ms) == (16, 5.0)
     assert settings.catalog_file("int8_model") == PROJECT_ROOT / catalog["int8_model"]["filepath"]
-    gate = catalog["precision_gate"]["dataset"]["filepath"]
+    gate = catalog["precision_gate"]["filepath"]
     assert settings.catalog_file("precision_gate") == PROJECT_ROOT / gate
     for name, file_name in COMPANION_FILES.items():  # what is looked for without a catalog
         assert settings.catalog_file(name).name == file_name
+
+
+def test_reports_are_read_where_the_release_serves_them_not_from_the_candidate():
+    settings = ServingSettings.from_environment({"CHEST_CT_PROJECT_PATH": str(PROJECT_ROOT)})
+    catalog = yaml.safe_load((PROJECT_ROOT / "conf/base/catalog.yml").read_text())
+    written = catalog["metrics"]["dataset"]["filepath"]
+    assert "/candidate/" in written  # a run writes a candidate report...
+    served = settings.resolved_metrics_path()
+    assert served == PROJECT_ROOT / "data/08_reporting/metrics.json"  # ...the app reads this
+    assert settings.catalog_file("model_card") == PROJECT_ROOT / "data/08_reporting/model_card.json"
 
 
 def test_environment_overrides_every_setting(tmp_path):

@@ -45,6 +45,7 @@ from chest_ct_classifier.model.numeric_precision import (
 from chest_ct_classifier.model.ood import METHOD as OOD_METHOD
 from chest_ct_classifier.model.ood import OodCheck, OodDetector, check, usable_detector
 from chest_ct_classifier.redaction import redact_url
+from chest_ct_classifier.registry.release import CANDIDATE_OF_SERVED
 from chest_ct_classifier.serving import measured_quality
 from chest_ct_classifier.serving.request_batching import RequestBatcher
 from chest_ct_classifier.serving.settings import (
@@ -464,6 +465,13 @@ def _load_from_registry(uri: str, settings: ServingSettings) -> ServedModel:
             )
             flavour = yaml.safe_load((local / "MLmodel").read_text())["flavors"]
             artifacts = flavour["python_function"]["artifacts"]
+            # Versions name each file by its candidate's catalog entry (the run registers what
+            # it evaluated); older ones by the served entry's.
+            artifacts = {
+                served: artifacts[candidate]
+                for served, candidate in CANDIDATE_OF_SERVED.items()
+                if candidate in artifacts
+            } | artifacts
             model = keras.saving.load_model(local / artifacts[MODEL_DATASET]["path"], compile=False)
             # Versions registered before the precision paths or the detector existed lack them.
             int8_file, gate_file, ood_file = (

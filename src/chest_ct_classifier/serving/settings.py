@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from chest_ct_classifier.registry.release import ReleaseFolder, served_path
+
 PREFIX = "CHEST_CT_"
 CATALOG_FILE = Path("conf") / "base" / "catalog.yml"
 MODEL_DATASET = "trained_model"
@@ -25,6 +27,8 @@ INT8_DATASET = "int8_model"
 """The catalog entry of the int8 convolutions (a TFLite file) the int8 path reads."""
 PRECISION_GATE_DATASET = "precision_gate"
 """The catalog entry of the precision gate report: which reduced precisions may be served."""
+RELEASE_DATASET = "model_release"
+"""The catalog entry of the served release: which candidate files are served from where."""
 OOD_DATASET = "ood_detector"
 """The catalog entry of the out-of-distribution detector fitted on the model's features."""
 COMPANION_FILES = {
@@ -144,14 +148,25 @@ class ServingSettings:
         return self.catalog_file(METRICS_DATASET)
 
     def catalog_file(self, dataset: str) -> Path | None:
-        """The file of a catalog entry (or of the dataset an MLflow artifact entry wraps), in
-        the project; None when the catalog names none."""
+        """The served file of a catalog entry (or of the dataset an MLflow artifact entry
+        wraps), in the project: where the release serves it when the entry is a candidate
+        (``metrics``: the evaluated release's report, not the run under way's); None when the
+        catalog names none."""
         try:
             entry = _catalog(self.project_path)[dataset]
             path = Path(entry.get("dataset", entry)["filepath"])
         except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
             return None
-        return path if path.is_absolute() else self.project_path / path
+        path = path if path.is_absolute() else self.project_path / path
+        return served_path(path, self.release_folders())
+
+    def release_folders(self) -> list[ReleaseFolder]:
+        """The catalog's ``model_release`` folders (candidate and served), in the project."""
+        try:
+            folders = _catalog(self.project_path)[RELEASE_DATASET]["folders"]
+            return [ReleaseFolder.from_config(f, self.project_path) for f in folders]
+        except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+            return []
 
 
 DEFAULT_AUDIT_LOG = Path("logs") / "audit.jsonl"

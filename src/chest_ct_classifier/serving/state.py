@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from chest_ct_classifier.registry.release import complete_interrupted_promotion
 from chest_ct_classifier.serving.attempt_limit import AttemptLimiter
 from chest_ct_classifier.serving.served_model import (
     ModelUnavailableError,
@@ -33,7 +34,15 @@ class AppState:
     _switch_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def load_model(self) -> None:
-        """Load the configured model at start; without one the app still answers, with 503s."""
+        """Load the configured model at start; without one the app still answers, with 503s.
+        A promotion that a killed run left half done is finished first (registry.release): the
+        files read are all of one release."""
+        folders = self.settings.release_folders()
+        if folders and self.settings.model_path is None:
+            try:
+                complete_interrupted_promotion(folders)
+            except OSError:  # a read-only mount: serve what is there
+                logger.exception("Cannot finish the interrupted promotion")
         try:
             self.model = load_served_model(self.settings)
             self.model_error = None

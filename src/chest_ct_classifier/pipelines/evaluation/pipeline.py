@@ -25,8 +25,8 @@ def create_pipeline(**kwargs) -> Pipeline:
             node(
                 measure_ood_detector,
                 inputs=[
-                    "trained_model",
-                    "ood_detector",
+                    "candidate_model",
+                    "candidate_ood_detector",
                     "cached_activations",
                     "ingested_images",
                     "ood_reference_images",
@@ -39,7 +39,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             node(
                 evaluate_classifier,
                 inputs=[
-                    "trained_model",
+                    "candidate_model",
                     "cached_activations",
                     "weights_info",
                     "calibration",
@@ -66,7 +66,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             node(
                 plot_grad_cam_examples,
                 inputs=[
-                    "trained_model",
+                    "candidate_model",
                     "ingested_images",
                     "cached_activations",
                     "params:evaluation",
@@ -78,25 +78,25 @@ def create_pipeline(**kwargs) -> Pipeline:
             node(
                 check_reduced_precisions,
                 inputs=[
-                    "trained_model",
-                    "int8_model",
+                    "candidate_model",
+                    "candidate_int8_model",
                     "ingested_images",
                     "image_table",
                     "params:evaluation",
                     "params:preprocessing.dicom_window",
                 ],
-                outputs=["precision_gate", "precision_metrics"],
+                outputs=["candidate_precision_gate", "precision_metrics"],
                 name="check_reduced_precisions",
             ),
             node(
                 write_model_card,
                 inputs=[
-                    "trained_model",
+                    "candidate_model",
                     "metrics",
                     "data_quality",
                     "ingestion_summary",
                     "training_schedule",
-                    "precision_gate",
+                    "candidate_precision_gate",
                 ],
                 outputs=["model_card", "model_card_markdown"],
                 name="write_model_card",
