@@ -96,14 +96,14 @@ def test_an_unknown_key_lists_the_keys_allowed_there():
 
 
 def test_limits_and_missing_keys_are_errors_and_all_are_reported_at_once():
-    parameters = _with("evaluation", "precision_gate.min_agreement", 1.5)
+    parameters = _with("evaluation", "precision_gate.decided_margin", 1.5)
     del parameters["inference"]
     with pytest.raises(ParameterError) as caught:
         validate_parameters(parameters)
     message = str(caught.value)
     assert message.startswith("Invalid parameters (2 problems):")
     assert (
-        "evaluation.precision_gate.min_agreement = 1.5: Input should be less than or equal to 1"
+        "evaluation.precision_gate.decided_margin = 1.5: Input should be less than or equal to 1"
         in message
     )
     assert "  inference: missing" in message

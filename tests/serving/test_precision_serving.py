@@ -63,7 +63,7 @@ def model_files(trained_model_path: Path, tmp_path_factory) -> dict:
     images = {r: (lambda p=p: p.read_bytes()) for r, p in zip(relative, files, strict=True)}
     params = settings(
         "evaluation",
-        {"precision_gate": {"min_agreement": 0.99, "max_accuracy_drop": 0.01, "batch_size": 8,
+        {"precision_gate": {"decided_margin": 0.05, "max_accuracy_drop": 0.01, "batch_size": 8,
                             "timing_batch_size": 4, "timing_repeats": 1}},
     )  # fmt: skip
     gate, _ = check_reduced_precisions(model, int8, images, table, params)

@@ -8,11 +8,11 @@ from chest_ct_classifier.config.base import Settings
 
 
 class PrecisionGateSettings(Settings):
-    """bf16 and int8 are served only if, on valid and on test, their top-1 answers agree with
-    fp32's on at least ``min_agreement`` of the images and their accuracy is at most
-    ``max_accuracy_drop`` below fp32's."""
+    """bf16 and int8 are served only if, on valid and on test, they give fp32's answer on every
+    image fp32 is decided on (its top probability at least ``decided_margin`` above the second)
+    and their accuracy is at most ``max_accuracy_drop`` below fp32's. Near ties may flip."""
 
-    min_agreement: float = Field(ge=0.0, le=1.0)
+    decided_margin: float = Field(ge=0.0, le=1.0)
     max_accuracy_drop: float = Field(ge=0.0, le=1.0)
     batch_size: int = Field(ge=1)
     timing_batch_size: int = Field(ge=1)

@@ -479,9 +479,11 @@ def check_reduced_precisions(
 
     Every file of valid and test (when present) goes through the whole network on each path,
     from its bytes, as the app and batch inference see it. A reduced path passes when, on every
-    split, its top-1 agreement with fp32 is at least ``min_agreement`` and its accuracy at most
-    ``max_accuracy_drop`` below fp32's (``parameters.precision_gate``). Speed: median milliseconds
-    per image in batches of ``timing_batch_size`` and of one, over ``timing_repeats`` runs.
+    split, it gives fp32's answer on every image fp32 is decided on (top-2 margin at least
+    ``decided_margin``) and its accuracy is at most ``max_accuracy_drop`` below fp32's
+    (``parameters.precision_gate``); the near ties that flipped are counted. Speed: median
+    milliseconds per image in batches of ``timing_batch_size`` and of one, over
+    ``timing_repeats`` runs.
 
     Returns:
         The report (``precision_gate.json``; ``paths`` is what
@@ -490,7 +492,7 @@ def check_reduced_precisions(
     """
     size = image_size_of(model)
     gate = parameters.precision_gate
-    min_agreement = gate.min_agreement
+    decided_margin = gate.decided_margin
     max_drop = gate.max_accuracy_drop
     rows = image_table[
         image_table["split"].isin(EVALUATED_SPLITS)
@@ -521,17 +523,19 @@ def check_reduced_precisions(
         # which files were checked: a report is never applied to another model
         "model_fingerprint": model_fingerprint(model),
         "int8_fingerprint": int8_fingerprint(int8_model),
-        "gate": {"min_agreement": min_agreement, "max_accuracy_drop": max_drop},
+        "gate": {"decided_margin": decided_margin, "max_accuracy_drop": max_drop},
         "paths": {},
     }
     for precision, forward in forwards.items():
         path: dict[str, Any] = {}
         if precision != "fp32":
             path["splits"] = {
-                split: agreement_with_fp32(reference[split], answers(forward, x), labels)
+                split: agreement_with_fp32(
+                    reference[split], answers(forward, x), labels, decided_margin
+                )
                 for split, (x, labels) in inputs.items()
             }
-            path["passed"], path["reason"] = passes_gate(path["splits"], min_agreement, max_drop)
+            path["passed"], path["reason"] = passes_gate(path["splits"], decided_margin, max_drop)
         if timing_images is not None:
             path |= _timings(forward, timing_images, gate)
         report["paths"][precision] = path
@@ -549,6 +553,8 @@ def check_reduced_precisions(
         for split, c in path.get("splits", {}).items():
             numbers[f"{split}_agreement"] = c["agreement"]
             numbers[f"{split}_accuracy_drop"] = c["accuracy_drop"]
+            numbers[f"{split}_decided_disagreements"] = c["decided_disagreements"]
+            numbers[f"{split}_near_tie_flips"] = c["near_tie_flips"]
         for key, value in numbers.items():
             if value is not None:
                 flat[f"{precision}_{key}"] = [{"value": float(value), "step": 0}]
