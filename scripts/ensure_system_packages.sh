@@ -4,6 +4,7 @@
 # Install Debian's when one is missing and this user may (root with apt-get); otherwise say how,
 # and go on: the pipelines and tests that need neither still run.
 set -u
+export PATH="$PATH:/usr/local/sbin:/usr/sbin"  # where Debian puts nginx
 missing=()
 command -v nginx >/dev/null || missing+=(nginx)
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)

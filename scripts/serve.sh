@@ -4,6 +4,8 @@
 # gunicorn.conf.py's settings. When either ends, the other is stopped; SIGTERM stops both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Debian puts nginx in /usr/sbin, which is not on a non-root user's PATH.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin"
 
 if ! command -v nginx >/dev/null; then
     echo "error: nginx is not installed; the app is served behind it (slow clients)." \

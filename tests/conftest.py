@@ -109,3 +109,14 @@ def tiny_model():
     from chest_ct_classifier.model.pretrained_weights import load_hed_conv_weights
 
     return build_classifier(32, load_hed_conv_weights(), dense_units=16, seed=0)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``--dist loadgroup`` (make test) each test file runs whole on one worker, as with
+    ``loadfile`` (its module fixtures, a served app, are made once), except files marked with
+    one ``xdist_group``: those run together on one worker, so that the trained project they
+    share (tests/integration/conftest.py) is trained once, not once per worker."""
+    for item in items:
+        if not any(item.iter_markers("xdist_group")):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))

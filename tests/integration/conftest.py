@@ -10,6 +10,10 @@ import pytest
 
 from tests.conftest import PROJECT_ROOT, run_tool
 
+SHARES_THE_TRAINED_PROJECT = pytest.mark.xdist_group("trained_project")
+"""Marks the files whose tests use ``trained_project``: they run on one worker (make test's
+``--dist loadgroup``), and the project is trained once."""
+
 
 def project_copy(root: Path) -> Path:
     """The project's conf, code and bundled sample copied into ``root``, ready to run."""

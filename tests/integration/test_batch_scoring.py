@@ -15,8 +15,10 @@ from chest_ct_classifier.images.labels import probability_columns
 from chest_ct_classifier.pipelines.inference.nodes import PREDICTION_COLUMNS
 from tests.conftest import run_tool
 from tests.dicom_files import ct_dicom
+from tests.integration.conftest import SHARES_THE_TRAINED_PROJECT
 
 pytestmark = [
+    SHARES_THE_TRAINED_PROJECT,
     pytest.mark.slow,  # a trained project, and Spark's start (about a minute)
     pytest.mark.skipif(
         shutil.which("java") is None,

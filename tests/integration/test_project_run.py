@@ -30,8 +30,9 @@ from chest_ct_classifier.model.numeric_precision import (
 )
 from chest_ct_classifier.pipelines.inference.nodes import PREDICTION_COLUMNS
 from tests.conftest import PROJECT_ROOT, run_tool
+from tests.integration.conftest import SHARES_THE_TRAINED_PROJECT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, SHARES_THE_TRAINED_PROJECT]
 
 
 def _kedro(project: Path, *args: str) -> subprocess.CompletedProcess:

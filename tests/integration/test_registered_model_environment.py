@@ -34,10 +34,13 @@ from chest_ct_classifier.images.labels import LABELS, probability_columns
 from chest_ct_classifier.pipeline_registry import SERVING_REQUIREMENTS, logged_input_example
 from chest_ct_classifier.registry.model_environment import pinned_requirements
 from tests.conftest import BIN, run_tool
+from tests.integration.conftest import SHARES_THE_TRAINED_PROJECT
 from tests.registry.test_model_environment import _lock_versions, _pins
 
 CHAMPION = "models:/chest-ct-classifier@champion"
 UV = shutil.which("uv", path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+pytestmark = SHARES_THE_TRAINED_PROJECT
+
 needs_uv = pytest.mark.skipif(UV is None, reason="uv is not installed (`make setup` installs it)")
 
 

@@ -19,8 +19,10 @@ import yaml
 
 from chest_ct_classifier.registry.release import JOURNAL_NAME, ReleaseFolder
 from tests.conftest import BIN
+from tests.integration.conftest import SHARES_THE_TRAINED_PROJECT
 
-pytestmark = pytest.mark.slow  # copies a trained project and runs kedro twice
+# copies a trained project and runs kedro twice
+pytestmark = [pytest.mark.slow, SHARES_THE_TRAINED_PROJECT]
 
 KILL_TIMEOUT_S = 600
 

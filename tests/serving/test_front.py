@@ -15,9 +15,10 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.serving.test_gunicorn import log_tail, start_gunicorn, wait_until_healthy
+from tests.serving.test_gunicorn import log_tail, needs_nginx, start_gunicorn, wait_until_healthy
 
-pytestmark = pytest.mark.slow  # starts the served app (TensorFlow) and loads it for a minute
+# starts the served app (TensorFlow) and loads it for a minute
+pytestmark = [pytest.mark.slow, needs_nginx]
 
 SLOW_CLIENTS = 16
 TRICKLE_EVERY_S = 5.0

@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,7 +23,13 @@ from chest_ct_classifier.images.labels import LABELS
 from tests.conftest import BIN, PROJECT_ROOT
 from tests.test_delivery import environment_of_image, image_cmd, serving_image_import_guard
 
-pytestmark = pytest.mark.slow  # trains a small model once per session, starts TensorFlow
+NGINX = shutil.which("nginx", path=f"{os.environ['PATH']}:/usr/local/sbin:/usr/sbin")
+needs_nginx = pytest.mark.skipif(
+    NGINX is None,
+    reason="the image serves behind nginx, which is not installed: apt-get install nginx "
+    "(make setup does, as root)",
+)
+pytestmark = [pytest.mark.slow, needs_nginx]  # trains a small model, starts TensorFlow
 
 HEALTH_TIMEOUT_S = 120  # TensorFlow and the model load in the worker, on a busy two-core machine
 STOP_TIMEOUT_S = 60  # gunicorn's graceful_timeout (30 s) and some
