@@ -48,10 +48,10 @@ from chest_ct_classifier.registry.champion_gate import (
     promote_if_better,
     versions_registered_by_run,
 )
+from chest_ct_classifier.registry.release import RELEASE_DATASET
 
 logger = logging.getLogger(__name__)
 
-RELEASE_DATASET = "model_release"
 RUN_LOCK_FILE = Path("logs") / "kedro-run.lock"
 """Held by the running ``kedro run`` of a project (RunLockHook)."""
 

@@ -161,15 +161,16 @@ def _decode_raster(data: bytes, max_pixels: int | None) -> Image.Image:
             raise ImageTooLargeError(
                 f"the image is {width} x {height} pixels, more than the {max_pixels:,} allowed"
             )
-        if image.format == "JPEG" and _shrink_factor(image.size) > 1:
-            factor = _shrink_factor(image.size)
+        factor = _shrink_factor(image.size)
+        if image.format == "JPEG" and factor > 1:
             image.draft(image.mode, (width // factor, height // factor))
         image.load()
         # EXIF orientation and mode conversion read more of the file: broken metadata or
         # palettes fail here, and must fail like any unreadable image. In place: no copy.
         ImageOps.exif_transpose(image, in_place=True)
-        if _shrink_factor(image.size) > 1 and image.mode in _REDUCIBLE_MODES:
-            image = image.reduce(_shrink_factor(image.size))
+        factor = _shrink_factor(image.size)  # what the draft left to do
+        if factor > 1 and image.mode in _REDUCIBLE_MODES:
+            image = image.reduce(factor)
         return _to_rgb(image)
     except UnreadableImageError:
         raise

@@ -154,8 +154,8 @@ def download(
         return target
     folder.mkdir(parents=True, exist_ok=True)
     with _only_downloader(folder, shown):
-        _fetch(url, shown, folder / (name + ".part"), timeout_s, max_bytes)
         partial = folder / (name + ".part")
+        _fetch(url, shown, partial, timeout_s, max_bytes)
         try:
             verify_sha256(partial, sha256)
         except SourceError:

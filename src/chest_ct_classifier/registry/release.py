@@ -36,6 +36,8 @@ CANDIDATE_OF_SERVED = {
 }
 """The catalog entries of the served model's files, and of the candidates a run writes (and
 MLflow registers, under these names)."""
+RELEASE_DATASET = "model_release"
+"""The catalog entry of the release: which candidate files are served from where."""
 JOURNAL_NAME = ".promotion-journal.json"
 PREVIOUS_FOLDER = "previous"
 RELEASE_NAME = "release.json"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from chest_ct_classifier.registry.release import ReleaseFolder, served_path
+from chest_ct_classifier.registry.release import RELEASE_DATASET, ReleaseFolder, served_path
 
 PREFIX = "CHEST_CT_"
 CATALOG_FILE = Path("conf") / "base" / "catalog.yml"
@@ -27,8 +27,6 @@ INT8_DATASET = "int8_model"
 """The catalog entry of the int8 convolutions (a TFLite file) the int8 path reads."""
 PRECISION_GATE_DATASET = "precision_gate"
 """The catalog entry of the precision gate report: which reduced precisions may be served."""
-RELEASE_DATASET = "model_release"
-"""The catalog entry of the served release: which candidate files are served from where."""
 OOD_DATASET = "ood_detector"
 """The catalog entry of the out-of-distribution detector fitted on the model's features."""
 COMPANION_FILES = {
