@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
@@ -54,6 +55,12 @@ def _both(project: Path, folder: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return local, spark
 
 
+def _mlflow_run_ids(project: Path) -> set[str]:
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("chest-ct-classifier")
+    return {run.info.run_id for run in client.search_runs([experiment.experiment_id])}
+
+
 def _same_rows(local: pd.DataFrame, spark: pd.DataFrame) -> None:
     assert list(spark.columns) == PREDICTION_COLUMNS
     order = ["image", "frame"]
@@ -76,8 +83,11 @@ def test_spark_scores_like_the_local_pipeline(trained_project, sample_root, tmp_
     # file and DICOM files (one of two frames)
     folder = _odd_folder(tmp_path / "input", sample_root)
     shutil.copytree(sample_root / "Data" / "test", folder / "sample")
+    runs_before = _mlflow_run_ids(trained_project)
     local, spark = _both(trained_project, folder)
     _same_rows(local, spark)
+    # scoring reads the registry and writes predictions: no MLflow run of its own
+    assert _mlflow_run_ids(trained_project) == runs_before
     assert len(spark) == 12 + 8  # 12 sample images, 6 odd files, a second frame, a text file
     parquet = pd.read_parquet(trained_project / "data/07_model_output/batch_predictions.parquet")
     assert len(parquet) == len(spark) and set(parquet.columns) == set(PREDICTION_COLUMNS)
