@@ -316,11 +316,17 @@ def test_the_model_card_repeats_the_runs_own_numbers(project):
             for label in LABELS:
                 assert shown["recall"][label] == scores["per_class"][label]["recall"]
     assert card["calibration"] == metrics["calibration"]
+    assert card["seed_spread"] == metrics["seed_spread"]
+    assert set(metrics["seed_spread"]["subsets"]) == {
+        "valid", "valid_leak_free", "test", "test_leak_free",
+    }  # fmt: skip
     assert card["data"]["counts"] == quality["counts"]
     assert card["training"]["phase1_epochs"] == schedule["phase1_epochs"]
     text = (project / "data/08_reporting/model_card.md").read_text()
     assert text.startswith("# Model card: chest-ct-classifier")
     assert f"| accuracy | {metrics['splits']['test']['accuracy']:.3f} |" in text
+    test_spread = metrics["seed_spread"]["subsets"]["test"]["accuracy"]
+    assert f"| test | {test_spread['mean']:.3f} ± {test_spread['std']:.3f} " in text
     client = _client(project)
     # every training or evaluation run logs its card beside the version it registers
     runs = mlflow.search_runs(experiment_names=["chest-ct-classifier"], output_format="list")
@@ -379,6 +385,7 @@ def test_web_app_serves_the_trained_model_from_the_catalog_or_the_registry(
     # the served model's own card, from the catalog's file or the registered version's run
     assert served["card_status"] == 200, served["card_html"][-2000:]
     assert "Model card: chest-ct-classifier" in served["card_html"]
+    assert 'id="card-seed-spread"' in served["card_html"]  # the spread over training seeds
     assert served["health"]["model_card"] == "/model-card"
     model = served["health"]["model"]
     assert model["source"] == ("registry" if source == "registry" else "file")

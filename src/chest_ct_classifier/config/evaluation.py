@@ -29,9 +29,18 @@ class BootstrapSettings(Settings):
     seed: int
 
 
+class SeedSpreadSettings(Settings):
+    """The final training repeated with other seeds, to show how much the headline metrics owe
+    to chance (the head's initial weights, dropout, the order of the batches)."""
+
+    runs: int = Field(ge=2)
+    """Trainings in all: the served model's seed, then the next ``runs - 1`` integers."""
+
+
 class EvaluationParameters(Settings):
     batch_size: int = Field(ge=1)
     calibration_bins: int = Field(ge=1)
     """Equal-width confidence bins of the expected calibration error (ECE)."""
     bootstrap: BootstrapSettings
     precision_gate: PrecisionGateSettings
+    seed_spread: SeedSpreadSettings

@@ -74,6 +74,7 @@ def build_model_card(
             for key in ("phase1_epochs", "phase2_epochs", "monitor", "fit_images", "holdout_images")
         },
         "evaluation": evaluation,
+        "seed_spread": metrics.get("seed_spread"),
         "calibration": metrics["calibration"],
         "out_of_distribution": metrics.get("out_of_distribution"),
         "precision": {
@@ -214,6 +215,7 @@ def render_markdown(card: dict[str, Any]) -> str:
                     f"{_number(scores['recall'][label])} | {_interval(interval)} |"
                 )
             lines.append("")
+    lines += _seed_spread_lines(card.get("seed_spread"))
     calibration = card["calibration"]
     lines += [
         "## Calibration",
@@ -238,6 +240,29 @@ def render_markdown(card: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _seed_spread_lines(spread: dict[str, Any] | None) -> list[str]:
+    if not spread:
+        return []
+    lines = [
+        "### Spread over training seeds",
+        "",
+        f"The final training repeated with seeds {', '.join(map(str, spread['seeds']))} (the "
+        f"served model's is {spread['served_seed']}), the same images, epochs and temperature: "
+        "mean ± standard deviation (lowest-highest).",
+        "",
+        "| images | accuracy | macro-F1 | ECE |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, scores in spread["subsets"].items():
+        cells = [
+            f"{_number(scores[key]['mean'])} ± {_number(scores[key]['std'])} "
+            f"({_number(scores[key]['min'])}-{_number(scores[key]['max'])})"
+            for key in ("accuracy", "macro_f1", "ece")
+        ]
+        lines.append(f"| {name.replace('_leak_free', ' leak-free')} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _ood_lines(ood: dict[str, Any] | None) -> list[str]:

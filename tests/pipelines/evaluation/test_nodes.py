@@ -5,16 +5,19 @@ import numpy as np
 import pytest
 
 from chest_ct_classifier.images.labels import LABELS
-from chest_ct_classifier.model.activation_cache import ActivationCache
+from chest_ct_classifier.model.activation_cache import ActivationCache, cached_features
 from chest_ct_classifier.model.architecture import build_classifier
+from chest_ct_classifier.model.calibration import apply_temperature
 from chest_ct_classifier.pipelines.evaluation.nodes import (
     evaluate_classifier,
+    measure_seed_spread,
     metrics_for_mlflow,
     plot_confusion_matrices,
     plot_grad_cam_examples,
     plot_reliability_diagrams,
     plot_roc_curves,
 )
+from chest_ct_classifier.pipelines.training.nodes import train_classifier
 from tests.conftest import settings
 
 WEIGHTS = {
@@ -26,14 +29,19 @@ WEIGHTS = {
 CALIBRATION = {"temperature": 2.0, "fitted_on": "valid", "n_images": 4}
 OOD = {"detector": {"method": "m", "threshold": 1.0, "target_false_rejection": 0.02},
        "in_distribution": {}, "reference": {}}  # fmt: skip
+SPREAD = {"seeds": [42, 43], "served_seed": 42, "subsets": {}}
 PARAMS = settings("evaluation", {"batch_size": 3, "calibration_bins": 15})
 
 
 @pytest.fixture(scope="module")
-def cache():
-    """Cached block-4 activations (2x2x512 for the 32 px tiny model) of 12 distinct images."""
+def cache(tiny_model):
+    """Cached block-4 activations (2x2x512 for the 32 px tiny model) of 12 distinct images, and
+    the head's input vectors block 5 makes of them."""
     rng = np.random.default_rng(0)
     n = 12
+    activations = rng.normal(size=(n, 2, 2, 512)).astype(np.float32)
+    # one augmented view of each train and valid image, as cache_activations makes
+    views = (activations[:8] + rng.normal(scale=0.1, size=(8, 2, 2, 512))).astype(np.float16)
     return ActivationCache(
         path=np.array([f"{i}.png" for i in range(n)]),
         split=np.array(["train"] * 4 + ["valid"] * 4 + ["test"] * 4),
@@ -43,16 +51,16 @@ def cache():
         copy_in_train=np.array([False] * 4 + [True, False, False, False] + [False] * 4),
         label_conflict=np.zeros(n, bool),
         content=np.arange(n),
-        activations=rng.normal(size=(n, 2, 2, 512)).astype(np.float32),
-        features=np.zeros((n, 3 * 512), np.float32),
-        view_content=np.zeros(0, np.int64),
-        view_activations=np.zeros((0, 0, 2, 2, 512), np.float16),
-        view_features=np.zeros((0, 0, 3 * 512), np.float16),
+        activations=activations,
+        features=cached_features(tiny_model, activations, 4),
+        view_content=np.arange(8),
+        view_activations=views[:, None],
+        view_features=cached_features(tiny_model, views, 4).astype(np.float16)[:, None],
     )
 
 
 def test_report_has_each_present_split_and_the_weights(tiny_model, cache):
-    report = evaluate_classifier(tiny_model, cache, WEIGHTS, CALIBRATION, OOD, PARAMS)
+    report = evaluate_classifier(tiny_model, cache, WEIGHTS, CALIBRATION, OOD, SPREAD, PARAMS)
     assert set(report["splits"]) == {"valid", "test"}
     assert report["weights"]["used"] == "hed_bsds500"
     assert report["splits"]["test"]["n_images"] == 4
@@ -63,12 +71,12 @@ def test_report_has_each_present_split_and_the_weights(tiny_model, cache):
 
 def test_missing_test_split_is_skipped(tiny_model, cache):
     no_test = cache.with_rows(split=np.array(["train"] * 8 + ["valid"] * 4))
-    report = evaluate_classifier(tiny_model, no_test, WEIGHTS, CALIBRATION, OOD, PARAMS)
+    report = evaluate_classifier(tiny_model, no_test, WEIGHTS, CALIBRATION, OOD, SPREAD, PARAMS)
     assert list(report["splits"]) == ["valid"] == list(report["leak_free"])
 
 
 def test_mlflow_metrics_are_flat_scalars(tiny_model, cache):
-    report = evaluate_classifier(tiny_model, cache, WEIGHTS, CALIBRATION, OOD, PARAMS)
+    report = evaluate_classifier(tiny_model, cache, WEIGHTS, CALIBRATION, OOD, SPREAD, PARAMS)
     flat = metrics_for_mlflow(report)
     assert flat["valid_accuracy"] == {"value": report["splits"]["valid"]["accuracy"], "step": 0}
     assert "test_recall_squamous_cell_carcinoma" in flat
@@ -81,7 +89,7 @@ def test_mlflow_metrics_are_flat_scalars(tiny_model, cache):
 
 
 def test_mlflow_metrics_include_balanced_accuracy_and_roc_auc(tiny_model, cache):
-    report = evaluate_classifier(tiny_model, cache, WEIGHTS, CALIBRATION, OOD, PARAMS)
+    report = evaluate_classifier(tiny_model, cache, WEIGHTS, CALIBRATION, OOD, SPREAD, PARAMS)
     flat = metrics_for_mlflow(report)
     test = report["splits"]["test"]
     assert flat["test_balanced_accuracy"] == {"value": test["balanced_accuracy"], "step": 0}
@@ -99,7 +107,7 @@ def test_mlflow_metrics_include_balanced_accuracy_and_roc_auc(tiny_model, cache)
 
 
 def test_confusion_figure_shows_counts_and_normalized_side_by_side(tiny_model, cache):
-    report = evaluate_classifier(tiny_model, cache, WEIGHTS, CALIBRATION, OOD, PARAMS)
+    report = evaluate_classifier(tiny_model, cache, WEIGHTS, CALIBRATION, OOD, SPREAD, PARAMS)
     figure = plot_confusion_matrices(report)
     axes = figure.axes
     assert len(axes) == 2 * 4  # valid, test, and their leak-free subsets
@@ -116,14 +124,14 @@ def test_confusion_figure_shows_counts_and_normalized_side_by_side(tiny_model, c
 
     no_test = cache.with_rows(split=np.array(["train"] * 8 + ["valid"] * 4))
     figure = plot_confusion_matrices(
-        evaluate_classifier(tiny_model, no_test, WEIGHTS, CALIBRATION, OOD, PARAMS)
+        evaluate_classifier(tiny_model, no_test, WEIGHTS, CALIBRATION, OOD, SPREAD, PARAMS)
     )
     assert len(figure.axes) == 2 * 2
     plt.close(figure)
 
 
 def test_roc_figure_has_one_panel_per_evaluated_subset(tiny_model, cache):
-    report = evaluate_classifier(tiny_model, cache, WEIGHTS, CALIBRATION, OOD, PARAMS)
+    report = evaluate_classifier(tiny_model, cache, WEIGHTS, CALIBRATION, OOD, SPREAD, PARAMS)
     figure = plot_roc_curves(report)
     assert len(figure.axes) == 4
     by_title = {axis.get_title().split(" (")[0]: axis for axis in figure.axes}
@@ -147,7 +155,7 @@ def test_roc_figure_has_one_panel_per_evaluated_subset(tiny_model, cache):
 
     no_test = cache.with_rows(split=np.array(["train"] * 8 + ["valid"] * 4))
     figure = plot_roc_curves(
-        evaluate_classifier(tiny_model, no_test, WEIGHTS, CALIBRATION, OOD, PARAMS)
+        evaluate_classifier(tiny_model, no_test, WEIGHTS, CALIBRATION, OOD, SPREAD, PARAMS)
     )
     assert len(figure.axes) == 2
     plt.close(figure)
@@ -171,9 +179,9 @@ def test_roc_figure_when_no_class_has_a_curve():
 
 
 def test_ece_before_calibration_is_computed_from_the_temperature(tiny_model, cache):
-    report = evaluate_classifier(tiny_model, cache, WEIGHTS, CALIBRATION, OOD, PARAMS)
+    report = evaluate_classifier(tiny_model, cache, WEIGHTS, CALIBRATION, OOD, SPREAD, PARAMS)
     unit = evaluate_classifier(
-        tiny_model, cache, WEIGHTS, {**CALIBRATION, "temperature": 1.0}, OOD, PARAMS
+        tiny_model, cache, WEIGHTS, {**CALIBRATION, "temperature": 1.0}, OOD, SPREAD, PARAMS
     )
     valid = report["splits"]["valid"]
     assert 0.0 <= valid["ece"] <= 1.0
@@ -297,3 +305,32 @@ def test_the_ood_detector_is_fitted_on_train_and_measured_on_what_it_never_chose
     other = build_classifier(32, None, dense_units=4, seed=1)
     with pytest.raises(ValueError, match="fitted on other weights"):
         measure_ood_detector(other, detector, cache, files, reference.load(), PARAMS)
+
+
+def test_seed_spread_repeats_the_final_training_the_served_seed_first(tiny_model, cache):
+    schedule = {"phase1_epochs": 3, "phase2_epochs": 1}
+    training = settings("training", {"batch_size": 4, "seed": 7})
+    spread = measure_seed_spread(cache, tiny_model, schedule, CALIBRATION, training, PARAMS)
+    runs = PARAMS.seed_spread.runs
+    assert spread["seeds"] == [7 + run for run in range(runs)] and spread["served_seed"] == 7
+    assert set(spread["subsets"]) == {"valid", "valid_leak_free", "test", "test_leak_free"}
+    # the first training is the served model's: its figures are the evaluation's own
+    served, _ = train_classifier(cache, tiny_model, schedule, training)
+    calibrated = apply_temperature(served, CALIBRATION["temperature"])
+    report = evaluate_classifier(calibrated, cache, WEIGHTS, CALIBRATION, OOD, spread, PARAMS)
+    assert report["seed_spread"] is spread
+    for name, (subset, split) in {
+        "test": ("splits", "test"), "valid_leak_free": ("leak_free", "valid"),
+    }.items():  # fmt: skip
+        for key in ("accuracy", "macro_f1", "ece"):
+            values = spread["subsets"][name][key]
+            assert len(values["per_seed"]) == runs
+            assert values["per_seed"][0] == pytest.approx(report[subset][split][key], abs=1e-9)
+            assert values["mean"] == pytest.approx(np.mean(values["per_seed"]))
+            assert values["std"] == pytest.approx(np.std(values["per_seed"], ddof=1))
+            assert values["min"] <= values["mean"] <= values["max"]
+    flat = metrics_for_mlflow(report)
+    assert (
+        flat["seed_spread.test_accuracy_mean"]["value"]
+        == spread["subsets"]["test"]["accuracy"]["mean"]
+    )

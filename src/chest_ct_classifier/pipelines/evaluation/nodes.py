@@ -16,6 +16,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from chest_ct_classifier.config.evaluation import EvaluationParameters, PrecisionGateSettings
+from chest_ct_classifier.config.training import TrainingParameters
 from chest_ct_classifier.images.dicom import DEFAULT_WINDOW, Window
 from chest_ct_classifier.images.labels import DISPLAY_NAMES, LABELS
 from chest_ct_classifier.images.preprocessing import (
@@ -37,6 +38,7 @@ from chest_ct_classifier.model.architecture import (
 )
 from chest_ct_classifier.model.batches import map_batches
 from chest_ct_classifier.model.calibration import (
+    apply_temperature,
     expected_calibration_error,
     reliability_bins,
     scale_probabilities,
@@ -57,6 +59,7 @@ from chest_ct_classifier.model.numeric_precision import (
 from chest_ct_classifier.model.ood import METHOD as OOD_METHOD
 from chest_ct_classifier.model.ood import OodDetector
 from chest_ct_classifier.model.two_phase_training import predict_in_batches
+from chest_ct_classifier.pipelines.training.nodes import train_classifier
 from chest_ct_classifier.registry.champion_gate import MODEL_NAME
 from chest_ct_classifier.scoring.bootstrap import bootstrap_intervals
 from chest_ct_classifier.scoring.metrics import classification_metrics
@@ -73,6 +76,7 @@ def evaluate_classifier(
     weights_info: dict[str, Any],
     calibration: dict[str, Any],
     ood_report: dict[str, Any],
+    seed_spread: dict[str, Any],
     parameters: EvaluationParameters,
 ) -> dict[str, Any]:
     """Metrics of the trained model on each evaluated split present in the data, on the official
@@ -97,6 +101,7 @@ def evaluate_classifier(
         "splits": {},
         "leak_free": {},
         "reliability": {},
+        "seed_spread": seed_spread,
     }
     for split in EVALUATED_SPLITS:
         in_split = cache.split == split
@@ -137,6 +142,72 @@ def evaluate_classifier(
     if not report["splits"]:
         raise ValueError("no valid or test images to evaluate on")
     return report
+
+
+SPREAD_METRICS = ("accuracy", "macro_f1", "ece")
+
+
+def measure_seed_spread(
+    cache: ActivationCache,
+    untrained_model: keras.Model,
+    schedule: dict[str, Any],
+    calibration: dict[str, Any],
+    training: TrainingParameters,
+    parameters: EvaluationParameters,
+) -> dict[str, Any]:
+    """How much the headline metrics owe to the training seed: the final training (the same
+    images, epochs and temperature as the served model) repeated with the served seed and the
+    next ``seed_spread.runs - 1`` integers, each scored on valid and test (and their leak-free
+    subsets). From the cached activations: with the head alone it costs seconds.
+
+    Nothing is chosen with these figures: they describe the served model's recipe, not a
+    better model.
+    """
+    seeds = [training.seed + run for run in range(parameters.seed_spread.runs)]
+    temperature = float(calibration["temperature"])
+    per_seed: dict[str, dict[str, list[float]]] = {}
+    for seed in seeds:
+        trained, _ = train_classifier(
+            cache, untrained_model, schedule, training.model_copy(update={"seed": seed})
+        )
+        calibrated = apply_temperature(trained, temperature)
+        for split in EVALUATED_SPLITS:
+            in_split = cache.split == split
+            if not in_split.any():
+                continue
+            probabilities = row_probabilities(calibrated, cache, in_split, parameters.batch_size)
+            labels = cache.label[in_split]
+            leak_free = ~cache.copy_in_train[in_split]
+            for name, mask in ((split, slice(None)), (f"{split}_leak_free", leak_free)):
+                if len(labels[mask]) == 0:
+                    continue
+                metrics = classification_metrics(labels[mask], probabilities[mask])
+                metrics["ece"] = expected_calibration_error(
+                    probabilities[mask], labels[mask], parameters.calibration_bins
+                )
+                scores = per_seed.setdefault(name, {key: [] for key in SPREAD_METRICS})
+                for key in SPREAD_METRICS:
+                    scores[key].append(float(metrics[key]))
+    spread = {
+        name: {
+            key: {
+                "mean": float(np.mean(values)),
+                "std": float(np.std(values, ddof=1)),
+                "min": float(np.min(values)),
+                "max": float(np.max(values)),
+                "per_seed": values,
+            }
+            for key, values in scores.items()
+        }
+        for name, scores in per_seed.items()
+    }
+    for name, scores in spread.items():
+        logger.info(
+            "Seed spread over %d trainings, %s: %s",
+            len(seeds), name,
+            ", ".join(f"{k} {v['mean']:.3f} ± {v['std']:.3f}" for k, v in scores.items()),
+        )  # fmt: skip
+    return {"seeds": seeds, "served_seed": training.seed, "subsets": spread}
 
 
 NEAR_KINDS = ("near",)
@@ -282,6 +353,10 @@ def metrics_for_mlflow(report: dict[str, Any]) -> dict[str, dict[str, float]]:
                 flat[f"{name}_{key}_ci_low"] = intervals[key]["low"]
                 flat[f"{name}_{key}_ci_high"] = intervals[key]["high"]
     flat["temperature"] = report["calibration"]["temperature"]
+    for name, scores in (report.get("seed_spread") or {}).get("subsets", {}).items():
+        for key, values in scores.items():
+            flat[f"seed_spread.{name}_{key}_mean"] = values["mean"]
+            flat[f"seed_spread.{name}_{key}_std"] = values["std"]
     ood = report.get("out_of_distribution") or {}
     for split, subsets in ood.get("in_distribution", {}).items():
         for subset, counts in subsets.items():

@@ -10,6 +10,7 @@ from .nodes import (
     check_reduced_precisions,
     evaluate_classifier,
     measure_ood_detector,
+    measure_seed_spread,
     metrics_for_mlflow,
     plot_confusion_matrices,
     plot_grad_cam_examples,
@@ -37,6 +38,19 @@ def create_pipeline(**kwargs) -> Pipeline:
                 name="measure_ood_detector",
             ),
             node(
+                measure_seed_spread,
+                inputs=[
+                    "cached_activations",
+                    "untrained_model",
+                    "training_schedule",
+                    "calibration",
+                    "params:training",
+                    "params:evaluation",
+                ],
+                outputs="seed_spread",
+                name="measure_seed_spread",
+            ),
+            node(
                 evaluate_classifier,
                 inputs=[
                     "candidate_model",
@@ -44,6 +58,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "weights_info",
                     "calibration",
                     "ood_report",
+                    "seed_spread",
                     "params:evaluation",
                 ],
                 outputs="metrics",
