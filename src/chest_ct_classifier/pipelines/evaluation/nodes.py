@@ -549,14 +549,19 @@ def check_reduced_precisions(
     image_table: pd.DataFrame,
     parameters: EvaluationParameters,
     dicom_window: Window = DEFAULT_WINDOW,
+    cache: ActivationCache | None = None,
 ) -> tuple[dict[str, Any], dict[str, list[dict[str, float]]]]:
     """The accuracy gate of the reduced-precision paths, and their speed on this machine.
 
-    Every file of valid and test (when present) goes through the whole network on each path,
-    from its bytes, as the app and batch inference see it. A reduced path passes when, on every
-    split, it gives fp32's answer on every image fp32 is decided on (top-2 margin at least
-    ``decided_margin``) and its accuracy is at most ``max_accuracy_drop`` below fp32's
-    (``parameters.precision_gate``); the near ties that flipped are counted. Speed: median
+    Every file of valid and test (when present) goes through the whole network on each reduced
+    path, from its bytes, as the app and batch inference see it. fp32's answers, the reference,
+    are read from the training's activation cache when ``cache`` is given (its block-4
+    activations were computed in fp32 from the same bytes by the same preprocessing: block 5
+    and the head are all that is left to run), else computed the same way as the others.
+    A reduced path passes when, on every split, it gives fp32's answer on every image fp32 is
+    decided on (top-2 margin at least ``decided_margin``) and its accuracy is at most
+    ``max_accuracy_drop`` below fp32's (``parameters.precision_gate``); the near ties that
+    flipped are counted. Speed: median
     milliseconds per image in batches of ``timing_batch_size`` and of one, over
     ``timing_repeats`` runs.
 
@@ -593,7 +598,13 @@ def check_reduced_precisions(
         return map_batches(forward, x, batch, (len(LABELS),))
 
     timing_images = np.concatenate([x for x, _ in inputs.values()]) if inputs else None
-    reference = {split: answers(forwards["fp32"], x) for split, (x, _) in inputs.items()}
+    if cache is None:
+        reference = {split: answers(forwards["fp32"], x) for split, (x, _) in inputs.items()}
+    else:
+        reference = {
+            split: _cached_answers(model, cache, group["path"].to_numpy(dtype=str), batch)
+            for split, group in rows.groupby("split")
+        }
     report: dict[str, Any] = {
         # which files were checked: a report is never applied to another model
         "model_fingerprint": model_fingerprint(model),
@@ -634,6 +645,21 @@ def check_reduced_precisions(
             if value is not None:
                 flat[f"{precision}_{key}"] = [{"value": float(value), "step": 0}]
     return report, flat
+
+
+def _cached_answers(
+    model: keras.Model, cache: ActivationCache, paths: np.ndarray, batch_size: int
+) -> np.ndarray:
+    """The model's probabilities for these files (in this order) from the cached activations."""
+    rows = np.flatnonzero(np.isin(cache.path, paths))
+    if not np.array_equal(cache.path[rows], paths):
+        raise ValueError(
+            "the activation cache does not hold these files in this order: run the training "
+            "pipeline's cache_activations on the same images again"
+        )
+    selected = np.zeros(len(cache.path), dtype=bool)
+    selected[rows] = True
+    return row_probabilities(model, cache, selected, batch_size)
 
 
 def _timings(

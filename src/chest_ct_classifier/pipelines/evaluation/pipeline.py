@@ -99,6 +99,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "image_table",
                     "params:evaluation",
                     "params:preprocessing.dicom_window",
+                    "cached_activations",  # fp32's answers, computed once
                 ],
                 outputs=["candidate_precision_gate", "precision_metrics"],
                 name="check_reduced_precisions",
