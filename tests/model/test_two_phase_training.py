@@ -160,3 +160,35 @@ def test_batch_normalization_is_frozen_in_phase_two_and_its_flag_restored(tiny_m
     ):
         np.testing.assert_array_equal(before.numpy(), after.numpy())
     assert both.get_layer("head_norm").trainable
+
+
+def test_heads_share_the_first_heads_fine_tuned_base_and_answer_together(tiny_model, data):
+    from chest_ct_classifier.model.two_phase_training import train_heads
+
+    train, monitor = data
+    params = PARAMS.model_copy(update={"heads": 3})
+    first, _ = train_two_phase(tiny_model, train, params, epochs=(2, 1))
+    merged, phases = train_heads(tiny_model, train, params, monitor=monitor, epochs=(2, 1))
+    assert phases["phase1"].epochs_run == 2 and phases["phase2"].epochs_run == 1
+    units = tiny_model.get_layer("head_hidden").units
+    assert merged.get_layer("head_hidden").units == 3 * units
+    # the base is the first head's, block 5 fine-tuned by it; the heads add their own answers
+    for layer in ("block5_conv3", "block4_conv3"):
+        for ours, theirs in zip(
+            merged.get_layer(layer).get_weights(), first.get_layer(layer).get_weights(), strict=True
+        ):
+            np.testing.assert_array_equal(ours, theirs)
+    x = monitor.activations
+    merged_answers = model_after(merged, CACHED_LAYER).predict_on_batch(x)
+    first_answers = model_after(first, CACHED_LAYER).predict_on_batch(x)
+    np.testing.assert_allclose(merged_answers.sum(axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(merged_answers, first_answers, atol=1e-3)
+    # reproducible with a seed; one head is the first head alone
+    again, _ = train_heads(tiny_model, train, params, monitor=monitor, epochs=(2, 1))
+    np.testing.assert_allclose(
+        model_after(again, CACHED_LAYER).predict_on_batch(x), merged_answers, atol=1e-6
+    )
+    single, _ = train_heads(
+        tiny_model, train, params.model_copy(update={"heads": 1}), epochs=(2, 1)
+    )
+    assert single.get_layer("head_hidden").units == units

@@ -65,6 +65,9 @@ class TrainingParameters(Settings):
     """Images per forward pass of the frozen layers."""
     batch_size: int = Field(ge=1)
     seed: int
+    heads: int = Field(ge=1)
+    """Heads trained with different seeds on the same base and merged into one (their logits
+    averaged): 1 for a single head."""
     class_weights: Literal["balanced", "none"]
     """balanced weighs every class equally."""
     augmentation: AugmentationSettings

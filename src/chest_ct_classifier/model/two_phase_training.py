@@ -13,6 +13,7 @@ chosen epoch counts can then be replayed on other data without a monitor (a refi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from chest_ct_classifier.model.architecture import (
 )
 from chest_ct_classifier.model.batches import map_batches
 from chest_ct_classifier.model.distribution import distribution_scope
+from chest_ct_classifier.model.ensemble import merge_heads
 from chest_ct_classifier.scoring.metrics import macro_f1, negative_log_likelihood
 
 logger = logging.getLogger(__name__)
@@ -154,6 +156,69 @@ def train_two_phase(
     plain = keras.models.clone_model(model)
     plain.set_weights(trained.get_weights())
     return plain, phases
+
+
+HEAD_SEED_STEP = 1000
+"""Head i of an ensemble trains with ``seed + i * HEAD_SEED_STEP``: runs with nearby seeds (the
+seed spread's) share no head."""
+
+
+def train_heads(
+    model: keras.Model,
+    train: CachedImages,
+    parameters: TrainingParameters,
+    monitor: CachedImages | None = None,
+    epochs: tuple[int, int] | None = None,
+) -> tuple[keras.Model, dict[str, PhaseResult]]:
+    """``parameters.heads`` heads on one base, merged into one model (``ensemble.merge_heads``).
+
+    The first head trains as :func:`train_two_phase` does (its phases, early stopping on
+    ``monitor`` unless ``epochs`` is given, block 5 fine-tuned when phase 2 keeps epochs). The
+    others start from their own random weights and train on that head's base for the first
+    head's phase-1 epochs, each with its own seed.
+
+    Returns:
+        The merged model and the first head's phases.
+    """
+    first, phases = train_two_phase(model, train, parameters, monitor, epochs)
+    head_epochs = phases["phase1"].best_epoch
+    if parameters.heads == 1 or head_epochs == 0:  # 0: no epoch helped; an untrained head
+        return first, phases
+    if phases["phase2"].best_epoch:
+        # block 5 moved: the head's input vectors of the cached activations moved with it
+        train = dataclasses.replace(
+            train,
+            features=_features_after(first, train.activations, parameters.batch_size),
+            view_features=None
+            if train.view_activations is None
+            else _features_after(
+                first,
+                train.view_activations.reshape(-1, *train.view_activations.shape[2:]),
+                parameters.batch_size,
+            ).reshape(*train.view_activations.shape[:2], -1),
+        )
+    members = [first]
+    for index in range(1, parameters.heads):
+        seed = parameters.seed + index * HEAD_SEED_STEP
+        keras.utils.set_random_seed(seed)
+        start = keras.models.clone_model(first)  # new random weights everywhere...
+        for layer in start.layers:  # ...then the first head's base
+            if not layer.name.startswith("head_") or layer.name == FEATURE_LAYER:
+                layer.set_weights(first.get_layer(layer.name).get_weights())
+        for layer in start.layers:
+            layer.trainable = first.get_layer(layer.name).trainable
+        member, _ = train_two_phase(
+            start, train, parameters.model_copy(update={"seed": seed}), epochs=(head_epochs, 0)
+        )
+        members.append(member)
+    logger.info("Merged %d heads trained on one base (%d epochs each)", len(members), head_epochs)
+    return merge_heads(members), phases
+
+
+def _features_after(model: keras.Model, activations: np.ndarray, batch_size: int) -> np.ndarray:
+    return predict_in_batches(
+        model_after(model, CACHED_LAYER, until=FEATURE_LAYER), activations, batch_size
+    )
 
 
 def _train_two_phase(

@@ -29,6 +29,11 @@ FIXED_LIMITATIONS = (
 )
 
 
+TRAINING_KEYS = (
+    "phase1_epochs", "phase2_epochs", "heads", "monitor", "fit_images", "holdout_images",
+)  # fmt: skip
+
+
 def build_model_card(
     model_name: str,
     model_fingerprint: str,
@@ -69,10 +74,7 @@ def build_model_card(
             "unreadable_files": len(data_quality.get("unreadable", [])),
             "skipped_non_images": len(ingestion_summary.get("skipped_non_images", [])),
         },
-        "training": {
-            key: training_schedule.get(key)
-            for key in ("phase1_epochs", "phase2_epochs", "monitor", "fit_images", "holdout_images")
-        },
+        "training": {key: training_schedule.get(key) for key in TRAINING_KEYS},
         "evaluation": evaluation,
         "seed_spread": metrics.get("seed_spread"),
         "calibration": metrics["calibration"],
@@ -186,7 +188,8 @@ def render_markdown(card: dict[str, Any]) -> str:
         f"`{weights.get('requested')}`), a new head for the four classes.",
         f"- Epochs chosen on a held-out {training['holdout_images']} images of train+valid "
         f"(monitor: {training['monitor']}): head {training['phase1_epochs']}, "
-        f"block 5 with the head {training['phase2_epochs']}.",
+        f"block 5 with the head {training['phase2_epochs']}; "
+        f"{training.get('heads') or 1} head(s) on one base, their logits averaged.",
         "",
         "## Evaluation",
         "",

@@ -148,6 +148,7 @@ SPREAD_METRICS = ("accuracy", "macro_f1", "ece")
 
 
 def measure_seed_spread(
+    model: keras.Model,
     cache: ActivationCache,
     untrained_model: keras.Model,
     schedule: dict[str, Any],
@@ -160,6 +161,7 @@ def measure_seed_spread(
     next ``seed_spread.runs - 1`` integers, each scored on valid and test (and their leak-free
     subsets). From the cached activations: with the head alone it costs seconds.
 
+    The served seed's training is ``model`` itself (the calibrated candidate), not run again.
     Nothing is chosen with these figures: they describe the served model's recipe, not a
     better model.
     """
@@ -167,10 +169,13 @@ def measure_seed_spread(
     temperature = float(calibration["temperature"])
     per_seed: dict[str, dict[str, list[float]]] = {}
     for seed in seeds:
-        trained, _ = train_classifier(
-            cache, untrained_model, schedule, training.model_copy(update={"seed": seed})
-        )
-        calibrated = apply_temperature(trained, temperature)
+        if seed == training.seed:
+            calibrated = model
+        else:
+            trained, _ = train_classifier(
+                cache, untrained_model, schedule, training.model_copy(update={"seed": seed})
+            )
+            calibrated = apply_temperature(trained, temperature)
         for split in EVALUATED_SPLITS:
             in_split = cache.split == split
             if not in_split.any():

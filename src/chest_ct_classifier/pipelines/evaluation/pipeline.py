@@ -40,6 +40,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             node(
                 measure_seed_spread,
                 inputs=[
+                    "candidate_model",
                     "cached_activations",
                     "untrained_model",
                     "training_schedule",

@@ -40,10 +40,7 @@ from chest_ct_classifier.model.calibration import (
 )
 from chest_ct_classifier.model.numeric_precision import model_fingerprint
 from chest_ct_classifier.model.ood import OodDetector, fit_detector
-from chest_ct_classifier.model.two_phase_training import (
-    PhaseResult,
-    train_two_phase,
-)
+from chest_ct_classifier.model.two_phase_training import PhaseResult, train_heads
 
 logger = logging.getLogger(__name__)
 
@@ -152,8 +149,9 @@ def choose_training_schedule(
 
     Returns:
         The schedule (epochs per phase, hold-out sizes and scores), the hold-out run's
-        per-epoch history for MLflow, and that run's answers on the held-out images at the
-        chosen epochs (``paths``, ``labels``, ``probabilities``): predictions on images no
+        per-epoch history for MLflow (its first head's), and that run's answers on the
+        held-out images at the chosen epochs (all ``training.heads`` heads together, as the
+        refit will answer) (``paths``, ``labels``, ``probabilities``): predictions on images no
         copy of which was trained on, which calibration may fit its temperature to.
     """
     selection = parameters.selection
@@ -177,7 +175,7 @@ def choose_training_schedule(
         "(%d groups, no copies in training)",
         fit.sum(), holdout.sum(), groups[holdout].nunique(),
     )  # fmt: skip
-    holdout_model, phases = train_two_phase(
+    holdout_model, phases = train_heads(
         model,
         cached_images(cache, content[fit], labels[fit], with_views=True),
         parameters,
@@ -186,6 +184,7 @@ def choose_training_schedule(
     schedule = {
         "phase1_epochs": phases["phase1"].best_epoch,
         "phase2_epochs": phases["phase2"].best_epoch,
+        "heads": parameters.heads,
         "monitor": parameters.early_stopping.monitor,
         "fit_images": int(fit.sum()),
         "holdout_images": int(holdout.sum()),
@@ -234,7 +233,7 @@ def train_classifier(
         len(content), cache.n_views,
         schedule["phase1_epochs"], schedule["phase2_epochs"],
     )  # fmt: skip
-    trained, phases = train_two_phase(
+    trained, phases = train_heads(
         model,
         cached_images(cache, content, labels, with_views=True),
         parameters,
