@@ -15,8 +15,12 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from chest_ct_classifier.model.architecture import CACHED_LAYER, FEATURE_LAYER, model_after
-from chest_ct_classifier.model.two_phase_training import CachedImages, predict_in_batches
+from chest_ct_classifier.model.architecture import CACHED_LAYER, model_after
+from chest_ct_classifier.model.two_phase_training import (  # noqa: F401 (cached_features: re-exported)
+    CachedImages,
+    cached_features,
+    predict_in_batches,
+)
 
 
 @dataclass(frozen=True)
@@ -127,16 +131,6 @@ def content_probabilities(
     activations: the same computation as the whole model on the images."""
     return predict_in_batches(
         model_after(model, CACHED_LAYER), cache.activations[content], batch_size
-    )
-
-
-def cached_features(model: keras.Model, activations: np.ndarray, batch_size: int) -> np.ndarray:
-    """The model's head input vectors (``FEATURE_LAYER``) for cached block-4 activations (float16
-    views included): what block 5 and the pooling make of them."""
-    return predict_in_batches(
-        model_after(model, CACHED_LAYER, until=FEATURE_LAYER),
-        activations.astype(np.float32),
-        batch_size,
     )
 
 

@@ -188,10 +188,10 @@ def train_heads(
         # block 5 moved: the head's input vectors of the cached activations moved with it
         train = dataclasses.replace(
             train,
-            features=_features_after(first, train.activations, parameters.batch_size),
+            features=cached_features(first, train.activations, parameters.batch_size),
             view_features=None
             if train.view_activations is None
-            else _features_after(
+            else cached_features(
                 first,
                 train.view_activations.reshape(-1, *train.view_activations.shape[2:]),
                 parameters.batch_size,
@@ -203,10 +203,10 @@ def train_heads(
         keras.utils.set_random_seed(seed)
         start = keras.models.clone_model(first)  # new random weights everywhere...
         for layer in start.layers:  # ...then the first head's base
+            source = first.get_layer(layer.name)
             if not layer.name.startswith("head_") or layer.name == FEATURE_LAYER:
-                layer.set_weights(first.get_layer(layer.name).get_weights())
-        for layer in start.layers:
-            layer.trainable = first.get_layer(layer.name).trainable
+                layer.set_weights(source.get_weights())
+            layer.trainable = source.trainable
         member, _ = train_two_phase(
             start, train, parameters.model_copy(update={"seed": seed}), epochs=(head_epochs, 0)
         )
@@ -215,9 +215,13 @@ def train_heads(
     return merge_heads(members), phases
 
 
-def _features_after(model: keras.Model, activations: np.ndarray, batch_size: int) -> np.ndarray:
+def cached_features(model: keras.Model, activations: np.ndarray, batch_size: int) -> np.ndarray:
+    """The model's head input vectors (``FEATURE_LAYER``) for cached block-4 activations (float16
+    views included): what block 5 and the pooling make of them."""
     return predict_in_batches(
-        model_after(model, CACHED_LAYER, until=FEATURE_LAYER), activations, batch_size
+        model_after(model, CACHED_LAYER, until=FEATURE_LAYER),
+        activations.astype(np.float32),
+        batch_size,
     )
 
 
