@@ -47,7 +47,7 @@ test: setup ## lint, check the import layers, run the test suite
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/lint-imports
-	$(BIN)/pytest -n 2 --dist loadgroup
+	$(BIN)/pytest -n 2 --dist loadgroup --no-loadscope-reorder
 
 lint: setup ## fix what ruff can fix and format the code
 	$(BIN)/ruff check --fix $(LINTED)

@@ -120,3 +120,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if not any(item.iter_markers("xdist_group")):
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+
+    # The slow files first (make test passes --no-loadscope-reorder, which keeps this order):
+    # the workers start on the longest groups and fill in with the quick ones at the end,
+    # instead of one worker finishing a long group alone.
+    def group(item: pytest.Item) -> str:
+        return next(item.iter_markers("xdist_group")).args[0]
+
+    slow = {group(item) for item in items if any(item.iter_markers("slow"))}
+    items.sort(key=lambda item: group(item) not in slow)

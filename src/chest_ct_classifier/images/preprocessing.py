@@ -19,6 +19,7 @@ from typing import TypeVar
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from chest_ct_classifier.images.body_crop import crop_to_body
 from chest_ct_classifier.images.dicom import (
     DEFAULT_WINDOW,
     DicomError,
@@ -201,8 +202,9 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def image_to_array(image: Image.Image, image_size: int) -> np.ndarray:
-    """Fit an RGB image into ``image_size`` x ``image_size``, keeping its aspect ratio
-    (bilinear), centred on black, the CT background; uint8 (H, W, 3).
+    """Crop an RGB image to the body it shows (``body_crop.crop_to_body``), then fit it into
+    ``image_size`` x ``image_size``, keeping its aspect ratio (bilinear), centred on black, the
+    CT background; uint8 (H, W, 3).
 
     Stretching to a square would distort anatomy by an amount that depends on the picture's
     source: in the public dataset the classes come from sources with different aspect ratios
@@ -210,6 +212,7 @@ def image_to_array(image: Image.Image, image_size: int) -> np.ndarray:
     anatomy. The black bars still show the aspect ratio; training's ``stretch`` augmentation
     blurs that cue.
     """
+    image = crop_to_body(image)
     width, height = image.size
     scale = image_size / max(width, height)
     fitted = (max(1, round(width * scale)), max(1, round(height * scale)))
