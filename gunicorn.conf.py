@@ -4,6 +4,13 @@ the same way. Each value can be changed through the environment variable named b
 
 import os
 
+# NumPy's OpenBLAS computes the out-of-distribution score of every batch between TensorFlow's
+# forward passes; with threads of its own on the same cores, the two pools wait on each other:
+# on a 2-core Xeon, a bf16 forward pass then the score took 59 ms against 35 + 1.4 ms apart, and
+# 8 clients got 24.7 images/s, against 35.8 with OpenBLAS on one thread (docs/results.md). Set
+# before the worker imports NumPy; the environment can still choose another count.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 # The image (scripts/serve.sh) binds a private Unix socket behind nginx (GUNICORN_BIND); started
 # alone, all interfaces on PORT, as on most hosts.
 bind = os.environ.get("GUNICORN_BIND") or f"0.0.0.0:{os.environ.get('PORT', '8080')}"

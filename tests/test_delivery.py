@@ -519,6 +519,9 @@ def test_the_installed_package_carries_its_templates_and_static_files(tmp_path):
 def gunicorn_settings(monkeypatch: pytest.MonkeyPatch, **environment: str) -> dict:
     for name in ("PORT", "WEB_CONCURRENCY", "GUNICORN_THREADS", "GUNICORN_TIMEOUT"):
         monkeypatch.delenv(name, raising=False)
+    # The file sets a default in os.environ: set first, so that the test's end restores it.
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "unset")
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS")
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     return runpy.run_path(str(GUNICORN_CONF))
@@ -541,6 +544,14 @@ def test_gunicorn_settings_follow_the_environment(monkeypatch):
     )
     assert settings["bind"] == "0.0.0.0:9001"
     assert (settings["workers"], settings["threads"], settings["timeout"]) == (2, 8, 300)
+
+
+def test_the_worker_runs_openblas_on_one_thread_unless_told_otherwise(monkeypatch):
+    """NumPy's scores between TensorFlow's passes must not bring a thread pool of their own."""
+    gunicorn_settings(monkeypatch)
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "1"
+    gunicorn_settings(monkeypatch, OPENBLAS_NUM_THREADS="2")
+    assert os.environ["OPENBLAS_NUM_THREADS"] == "2"
 
 
 def test_gunicorn_knows_every_setting_of_the_config_file(monkeypatch):
