@@ -7,7 +7,7 @@ import os
 # NumPy's OpenBLAS computes the out-of-distribution score of every batch between TensorFlow's
 # forward passes; with threads of its own on the same cores, the two pools wait on each other:
 # on a 2-core Xeon, a bf16 forward pass then the score took 59 ms against 35 + 1.4 ms apart, and
-# 8 clients got 24.7 images/s, against 35.8 with OpenBLAS on one thread (docs/results.md). Set
+# 8 clients got 24.7 images/s, against 35.9 with OpenBLAS on one thread (docs/results.md). Set
 # before the worker imports NumPy; the environment can still choose another count.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 

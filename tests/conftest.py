@@ -124,8 +124,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # The slow files first (make test passes --no-loadscope-reorder, which keeps this order):
     # the workers start on the longest groups and fill in with the quick ones at the end,
     # instead of one worker finishing a long group alone.
-    def group(item: pytest.Item) -> str:
-        return next(item.iter_markers("xdist_group")).args[0]
+    def group(item: pytest.Item) -> str:  # pytest-xdist's own rule (xdist/remote.py)
+        names = {
+            str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+            for mark in item.iter_markers("xdist_group")
+        }
+        return "_".join(sorted(names))
 
     slow = {group(item) for item in items if any(item.iter_markers("slow"))}
     items.sort(key=lambda item: group(item) not in slow)

@@ -44,6 +44,9 @@ def test_pictures_without_a_body_sized_content_are_left_as_they_are():
     assert crop_to_body(dot) is dot
     full = Image.new("RGB", (300, 200), (200, 200, 200))
     assert crop_to_body(full) is full
+    tiny = Image.new("RGB", (5, 5))
+    tiny.putpixel((2, 2), (255, 255, 255))
+    assert crop_to_body(tiny) is tiny  # one bright pixel is no body
 
 
 def _difference(first: Image.Image, second: Image.Image) -> float:

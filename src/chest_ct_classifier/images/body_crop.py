@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from chest_ct_classifier.images.plausibility import MIN_SIDE
+
 BRIGHT = 30
 """Grey level (0-255) above which a pixel is taken for body rather than background: air
 outside the patient is black in the lung window, and JPEG noise stays below this."""
@@ -30,18 +32,23 @@ MARGIN_SHARE = 0.02
 view."""
 
 PASSES = 3
-"""The shares above are of the picture's side, so a wide black margin makes the first box a
-little loose; cropping again, relative to that box, makes the result the same whatever the
-margin was."""
+"""At most this many crops, each relative to the last box, until one changes nothing: the
+shares above are of the picture's side, so a wide black margin makes the first box a little
+loose, and cropping again makes the result the same whatever the margin was (as long as the
+body spans ``SMALLEST_BODY_SHARE`` of the picture)."""
 
 SMALLEST_BODY_SHARE = 0.2
 """Content spanning less than this share of either side is not cropped to: a picture that
-shows no body (blank, text, a small mark) is left as it is, for the input checks to judge."""
+shows no body (blank, text, a small mark) is left as it is, for the input checks to judge.
+Pictures smaller than the input checks' ``MIN_SIDE`` are left as they are too: in a few pixels
+one bright pixel would pass for a body."""
 
 
 def crop_to_body(image: Image.Image) -> Image.Image:
     """The part of ``image`` (RGB) that holds the body, with a small margin; the image itself
     when it is already tight or when no body-sized content is found."""
+    if min(image.size) < MIN_SIDE:
+        return image
     for _ in range(PASSES):
         cropped = _crop_once(image)
         if cropped is image:

@@ -202,9 +202,10 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def image_to_array(image: Image.Image, image_size: int) -> np.ndarray:
-    """Crop an RGB image to the body it shows (``body_crop.crop_to_body``), then fit it into
-    ``image_size`` x ``image_size``, keeping its aspect ratio (bilinear), centred on black, the
-    CT background; uint8 (H, W, 3).
+    """Crop a decoded RGB image to the body it shows (``body_crop.crop_to_body``), then fit it
+    into ``image_size`` x ``image_size``, keeping its aspect ratio (bilinear), centred on black,
+    the CT background; uint8 (H, W, 3). An already fitted square is not returned unchanged: its
+    margin is cropped again.
 
     Stretching to a square would distort anatomy by an amount that depends on the picture's
     source: in the public dataset the classes come from sources with different aspect ratios
