@@ -10,7 +10,9 @@ runs as the training pipeline runs it, with the project's own functions: the epo
 on a grouped hold-out of the fold's training images (``training.selection``), the heads are
 refit on all of them for those epochs (``model.two_phase_training.train_heads``), and the
 temperature is fitted to the hold-out run's answers. The held-out fold is then scored:
-accuracy, macro-F1, log-loss and ECE, before and after the temperature. Block-5 fine-tuning is
+accuracy, macro-F1, log-loss and ECE, before and after the temperature, and ECE after a
+cross-fitted temperature: one fitted to the other folds' held-out answers (what a calibration
+set of answers of refit models, a k-fold schedule, would give). Block-5 fine-tuning is
 off unless ``--phase2`` (it costs tens of seconds an epoch on the full archive, and the full
 archive's schedule keeps 0 epochs of it).
 Results: ``data/08_reporting/cross_validation.{json,md}``.
@@ -47,7 +49,9 @@ from chest_ct_classifier.model.two_phase_training import scores, train_heads
 
 PROJECT = Path(__file__).resolve().parents[1]
 REPORT = PROJECT / "data" / "08_reporting" / "cross_validation"
-METRICS = ("accuracy", "macro_f1", "loss", "loss_calibrated", "ece", "ece_calibrated")
+METRICS = (
+    "accuracy", "macro_f1", "loss", "loss_calibrated", "ece", "ece_calibrated", "ece_cross_fitted",
+)  # fmt: skip
 
 
 def project_training_parameters() -> TrainingParameters:
@@ -74,8 +78,9 @@ def score_fold(
     train_groups: np.ndarray,
     held_out: np.ndarray,
     held_out_labels: np.ndarray,
-) -> dict[str, float]:
-    """The recipe trained on ``train`` contents, scored on ``held_out`` contents."""
+) -> tuple[dict[str, float], np.ndarray]:
+    """The recipe trained on ``train`` contents, scored on ``held_out`` contents; and its
+    probabilities of them (for the cross-fitted temperature)."""
     selection = parameters.selection
     side = grouped_split(
         pd.Series(train_groups),
@@ -110,7 +115,23 @@ def score_fold(
         "temperature": temperature,
         "phase1_epochs": epochs[0],
         "phase2_epochs": epochs[1],
-    }
+    }, probabilities
+
+
+def add_cross_fitted_ece(
+    records: list[dict[str, float]], probabilities: list[np.ndarray], labels: list[np.ndarray]
+) -> None:
+    """Each fold's ECE after a temperature fitted to every other fold's answers."""
+    for fold, record in enumerate(records):
+        others = [i for i in range(len(records)) if i != fold]
+        temperature = fit_temperature(
+            np.concatenate([probabilities[i] for i in others]),
+            np.concatenate([labels[i] for i in others]),
+        )
+        record["temperature_cross_fitted"] = temperature
+        record["ece_cross_fitted"] = expected_calibration_error(
+            scale_probabilities(probabilities[fold], temperature), labels[fold]
+        )
 
 
 def cross_validate(
@@ -128,18 +149,22 @@ def cross_validate(
     results: dict[str, list[dict[str, float]]] = {}
     for n_heads in heads:
         settings = parameters.model_copy(update={"heads": n_heads})
+        records, answers = [], []
         for fold in range(folds):
             inside, outside = fold_of != fold, fold_of == fold
             started = time.perf_counter()
-            record = score_fold(
+            record, probabilities = score_fold(
                 cache, model, settings,
                 content[inside], labels[inside], groups[inside],
                 content[outside], labels[outside],
             )  # fmt: skip
             record["seconds"] = time.perf_counter() - started
-            results.setdefault(f"{n_heads} head{'s' if n_heads > 1 else ''}", []).append(record)
+            records.append(record)
+            answers.append(probabilities)
             print(f"{n_heads} heads, fold {fold + 1}/{folds}: "
                   + ", ".join(f"{k} {v:.3f}" for k, v in record.items()), flush=True)  # fmt: skip
+        add_cross_fitted_ece(records, answers, [labels[fold_of == f] for f in range(folds)])
+        results[f"{n_heads} head{'s' if n_heads > 1 else ''}"] = records
     summary = {
         name: {
             key: {"mean": float(np.mean([r[key] for r in records])),

@@ -58,6 +58,7 @@ def test_folds_cover_train_and_valid_and_more_heads_share_the_first_heads_schedu
     assert all(r["phase2_epochs"] == 0 for r in one)  # block 5 stays frozen unless --phase2
     for record in one + two:
         assert 0.0 <= record["accuracy"] <= 1.0 and record["loss"] > 0
+        assert 0.0 <= record["ece_cross_fitted"] <= 1.0
     written = json.loads((folder / "report" / "cv.json").read_text())
     assert written["summary"] == report["summary"]
     assert "| 2 heads |" in (folder / "report" / "cv.md").read_text()
@@ -86,3 +87,30 @@ def test_test_images_change_nothing(files, tiny_model):
         assert {k: v for k, v in a.items() if k != "seconds"} == {
             k: v for k, v in b.items() if k != "seconds"
         }
+
+
+def test_the_cross_fitted_temperature_of_a_fold_comes_from_the_other_folds_alone():
+    from chest_ct_classifier.model.calibration import (
+        expected_calibration_error,
+        fit_temperature,
+        scale_probabilities,
+    )
+
+    script = _script()
+    rng = np.random.default_rng(0)
+    labels = [rng.integers(0, 4, 40) for _ in range(3)]
+    # overconfident answers, right three times in four
+    probabilities = []
+    for fold_labels in labels:
+        chosen = np.where(rng.random(40) < 0.75, fold_labels, (fold_labels + 1) % 4)
+        answers = np.full((40, 4), 0.02)
+        answers[np.arange(40), chosen] = 0.94
+        probabilities.append(answers)
+    records = [{} for _ in labels]
+    script.add_cross_fitted_ece(records, probabilities, labels)
+    expected = fit_temperature(np.concatenate(probabilities[1:]), np.concatenate(labels[1:]))
+    assert records[0]["temperature_cross_fitted"] == pytest.approx(expected)
+    assert expected > 1  # the overconfident answers are softened
+    assert records[0]["ece_cross_fitted"] == pytest.approx(
+        expected_calibration_error(scale_probabilities(probabilities[0], expected), labels[0])
+    )
