@@ -16,9 +16,10 @@ import keras
 import numpy as np
 
 from chest_ct_classifier.model.architecture import CACHED_LAYER, model_after
-from chest_ct_classifier.model.two_phase_training import (  # noqa: F401 (cached_features: re-exported)
+from chest_ct_classifier.model.two_phase_training import (  # noqa: F401 (cached_*: re-exported)
     CachedImages,
     cached_features,
+    cached_view_features,
     predict_in_batches,
 )
 

@@ -20,6 +20,10 @@ OUTPUT_LAYER = "head_output"
 
 # The pooled feature vector the head's dense layers start from (frozen in phase 1: cached).
 FEATURE_LAYER = "head_features"
+# The head's batch normalization of that vector and its hidden layer, when it has them (the
+# ensemble folds the one into the other).
+NORMALIZATION_LAYER = "head_norm"
+HIDDEN_LAYER = "head_hidden"
 # Output of the always-frozen blocks 1-4: activations are cached here, once per image and view.
 CACHED_LAYER = "block4_pool"
 # Layers fine-tuned in phase 2 of training, together with the head.
@@ -98,10 +102,10 @@ def build_classifier(
     else:
         raise ValueError(f"pooling must be 'multilevel', 'avg' or 'flatten', got {pooling!r}")
     if normalize:
-        x = keras.layers.BatchNormalization(name="head_norm")(x)
+        x = keras.layers.BatchNormalization(name=NORMALIZATION_LAYER)(x)
     if dense_units > 0:
         x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout_hidden")(x)
-        x = keras.layers.Dense(dense_units, activation="relu", name="head_hidden")(x)
+        x = keras.layers.Dense(dense_units, activation="relu", name=HIDDEN_LAYER)(x)
     x = keras.layers.Dropout(dropout, seed=seed, name="head_dropout")(x)
     outputs = keras.layers.Dense(len(LABELS), activation="softmax", name=OUTPUT_LAYER)(x)
     return keras.Model(base.input, outputs, name="vgg16_chest_ct")

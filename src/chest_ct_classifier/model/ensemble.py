@@ -17,10 +17,12 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from chest_ct_classifier.model.architecture import FEATURE_LAYER, OUTPUT_LAYER
-
-NORMALIZATION_LAYER = "head_norm"
-HIDDEN_LAYER = "head_hidden"
+from chest_ct_classifier.model.architecture import (
+    FEATURE_LAYER,
+    HIDDEN_LAYER,
+    NORMALIZATION_LAYER,
+    OUTPUT_LAYER,
+)
 
 
 def merge_heads(members: Sequence[keras.Model]) -> keras.Model:

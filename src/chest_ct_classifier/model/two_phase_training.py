@@ -186,16 +186,13 @@ def train_heads(
         return first, phases
     if phases["phase2"].best_epoch:
         # block 5 moved: the head's input vectors of the cached activations moved with it
+        batch = parameters.batch_size
         train = dataclasses.replace(
             train,
-            features=cached_features(first, train.activations, parameters.batch_size),
+            features=cached_features(first, train.activations, batch),
             view_features=None
             if train.view_activations is None
-            else cached_features(
-                first,
-                train.view_activations.reshape(-1, *train.view_activations.shape[2:]),
-                parameters.batch_size,
-            ).reshape(*train.view_activations.shape[:2], -1),
+            else cached_view_features(first, train.view_activations, batch),
         )
     members = [first]
     for index in range(1, parameters.heads):
@@ -223,6 +220,14 @@ def cached_features(model: keras.Model, activations: np.ndarray, batch_size: int
         activations.astype(np.float32),
         batch_size,
     )
+
+
+def cached_view_features(
+    model: keras.Model, view_activations: np.ndarray, batch_size: int
+) -> np.ndarray:
+    """:func:`cached_features` of cached views (N, V, h, w, c): (N, V, d)."""
+    flat = view_activations.reshape(-1, *view_activations.shape[2:])
+    return cached_features(model, flat, batch_size).reshape(*view_activations.shape[:2], -1)
 
 
 def _train_two_phase(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import keras
@@ -112,11 +112,9 @@ def evaluate_classifier(
         uncalibrated = scale_probabilities(probabilities, 1.0 / temperature)
         labels = cache.label[in_split]
         leak_free = ~cache.copy_in_train[in_split]
-        for subset, mask in (("splits", slice(None)), ("leak_free", leak_free)):
-            if len(labels[mask]) == 0:
-                continue
-            metrics = classification_metrics(labels[mask], probabilities[mask])
-            metrics["ece"] = expected_calibration_error(probabilities[mask], labels[mask], n_bins)
+        subsets = _scored_subsets(labels, probabilities, leak_free, n_bins)
+        for is_leak_free, mask, metrics in subsets:
+            subset = "leak_free" if is_leak_free else "splits"
             metrics["ece_uncalibrated"] = expected_calibration_error(
                 uncalibrated[mask], labels[mask], n_bins
             )
@@ -142,6 +140,19 @@ def evaluate_classifier(
     if not report["splits"]:
         raise ValueError("no valid or test images to evaluate on")
     return report
+
+
+def _scored_subsets(
+    labels: np.ndarray, probabilities: np.ndarray, leak_free: np.ndarray, n_bins: int
+) -> Iterator[tuple[bool, np.ndarray | slice, dict[str, Any]]]:
+    """A split's answers scored whole, then on its leak-free part (skipped when empty): whether
+    leak-free, the rows, and the classification metrics with the ECE."""
+    for is_leak_free, mask in ((False, slice(None)), (True, leak_free)):
+        if len(labels[mask]) == 0:
+            continue
+        metrics = classification_metrics(labels[mask], probabilities[mask])
+        metrics["ece"] = expected_calibration_error(probabilities[mask], labels[mask], n_bins)
+        yield is_leak_free, mask, metrics
 
 
 SPREAD_METRICS = ("accuracy", "macro_f1", "ece")
@@ -183,13 +194,9 @@ def measure_seed_spread(
             probabilities = row_probabilities(calibrated, cache, in_split, parameters.batch_size)
             labels = cache.label[in_split]
             leak_free = ~cache.copy_in_train[in_split]
-            for name, mask in ((split, slice(None)), (f"{split}_leak_free", leak_free)):
-                if len(labels[mask]) == 0:
-                    continue
-                metrics = classification_metrics(labels[mask], probabilities[mask])
-                metrics["ece"] = expected_calibration_error(
-                    probabilities[mask], labels[mask], parameters.calibration_bins
-                )
+            subsets = _scored_subsets(labels, probabilities, leak_free, parameters.calibration_bins)
+            for is_leak_free, _, metrics in subsets:
+                name = f"{split}_leak_free" if is_leak_free else split
                 scores = per_seed.setdefault(name, {key: [] for key in SPREAD_METRICS})
                 for key in SPREAD_METRICS:
                     scores[key].append(float(metrics[key]))

@@ -21,6 +21,7 @@ from chest_ct_classifier.model.activation_cache import (
     ActivationCache,
     cached_features,
     cached_images,
+    cached_view_features,
     content_probabilities,
     contents_of,
 )
@@ -329,8 +330,8 @@ def fit_ood_detector(
     with_views = np.isin(content, cache.view_content)
     if cache.n_views and with_views.any():
         at = np.searchsorted(cache.view_content, content[with_views])
-        views = cache.view_activations[at]  # (m, V, h, w, c)
-        train_features.append(cached_features(model, views.reshape(-1, *views.shape[2:]), batch))
+        views = cached_view_features(model, cache.view_activations[at], batch)  # (m, V, d)
+        train_features.append(views.reshape(-1, views.shape[-1]))
         train_labels.append(np.repeat(labels[with_views], cache.n_views))
     detector = fit_detector(
         np.concatenate(train_features),
