@@ -50,8 +50,9 @@ def _with(section: str, key_path: str, value) -> dict:
 def test_a_value_outside_its_allowed_set_names_the_key_the_value_and_the_choices():
     with pytest.raises(ParameterError) as caught:
         validate_parameters(_with("training", "calibration.fit_on", "vlaid"))
-    assert "training.calibration.fit_on = 'vlaid': Input should be 'holdout' or 'valid'" in str(
-        caught.value
+    assert (
+        "training.calibration.fit_on = 'vlaid': Input should be 'none', 'holdout' or 'valid'"
+        in str(caught.value)
     )
 
 
@@ -60,7 +61,7 @@ def test_a_value_outside_its_allowed_set_names_the_key_the_value_and_the_choices
     [
         ("early_stopping.monitor", "auc", "= 'auc': Input should be 'loss' or 'macro_f1'"),
         ("class_weights", "balance", "= 'balance': Input should be 'balanced' or 'none'"),
-        ("calibration.fit_on", "test", "= 'test': Input should be 'holdout' or 'valid'"),
+        ("calibration.fit_on", "test", "= 'test': Input should be 'none', 'holdout' or 'valid'"),
     ],
 )
 def test_training_choices_are_checked(key_path, value, expected):

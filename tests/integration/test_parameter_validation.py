@@ -44,7 +44,7 @@ def _kedro_run(project: Path, params: str) -> subprocess.CompletedProcess:
 
 BAD_PARAMETERS = {
     "training.calibration.fit_on=vlaid": (
-        "training.calibration.fit_on = 'vlaid': Input should be 'holdout' or 'valid'"
+        "training.calibration.fit_on = 'vlaid': Input should be 'none', 'holdout' or 'valid'"
     ),
     "training.batch_size=many": "training.batch_size = 'many': Input should be a valid",
     "training.phase1.max_epoch=3": (

@@ -92,11 +92,10 @@ def test_default_run_leaves_model_metrics_and_plots(project):
         assert 0.0 <= scores["accuracy"] <= 1.0 and 0.0 <= scores["macro_f1"] <= 1.0
         assert set(scores["per_class"]) == set(LABELS)
     assert set(metrics["leak_free"]) == {"valid", "test"}
-    assert metrics["calibration"]["fitted_on"] == "holdout"
-    holdout_file = project / "data/06_models/candidate/holdout_predictions.json"
-    holdout = json.loads(holdout_file.read_text())
-    assert metrics["calibration"]["n_images"] == len(holdout["labels"]) > 0
+    # the default chosen by cross-validation: no temperature, so the ECE is the model's own
+    assert metrics["calibration"] == {"temperature": 1.0, "fitted_on": "none", "n_images": 0}
     assert 0.0 <= metrics["splits"]["test"]["ece"] <= 1.0
+    assert metrics["splits"]["test"]["ece"] == metrics["splits"]["test"]["ece_uncalibrated"]
     assert (project / "data/08_reporting/reliability.png").stat().st_size > 1000
     assert (project / "data/08_reporting/grad_cam_examples.png").stat().st_size > 1000
     quality = json.loads((project / "data/08_reporting/data_quality.json").read_text())
@@ -325,6 +324,7 @@ def test_the_model_card_repeats_the_runs_own_numbers(project):
     text = (project / "data/08_reporting/model_card.md").read_text()
     assert text.startswith("# Model card: chest-ct-classifier")
     assert f"| accuracy | {metrics['splits']['test']['accuracy']:.3f} |" in text
+    assert "No temperature scaling (T = 1): chosen by `training.calibration.fit_on`." in text
     test_spread = metrics["seed_spread"]["subsets"]["test"]["accuracy"]
     assert f"| test | {test_spread['mean']:.3f} ± {test_spread['std']:.3f} " in text
     client = _client(project)
@@ -386,6 +386,7 @@ def test_web_app_serves_the_trained_model_from_the_catalog_or_the_registry(
     assert served["card_status"] == 200, served["card_html"][-2000:]
     assert "Model card: chest-ct-classifier" in served["card_html"]
     assert 'id="card-seed-spread"' in served["card_html"]  # the spread over training seeds
+    assert "No temperature scaling (T = 1)." in served["card_html"]
     assert served["health"]["model_card"] == "/model-card"
     model = served["health"]["model"]
     assert model["source"] == ("registry" if source == "registry" else "file")

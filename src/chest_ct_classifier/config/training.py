@@ -34,8 +34,9 @@ class SelectionSettings(Settings):
 
 
 class CalibrationSettings(Settings):
-    fit_on: Literal["holdout", "valid"]
-    """holdout: the schedule run's answers on its grouped hold-out; valid: the refit model's
+    fit_on: Literal["none", "holdout", "valid"]
+    """none: no temperature (T = 1), the model's own probabilities; holdout: a temperature
+    fitted to the schedule run's answers on its grouped hold-out; valid: to the refit model's
     answers on valid's images that have no copy in train. Never test."""
 
 

@@ -19,7 +19,11 @@ _EPSILON = 1e-12
 
 
 def scale_probabilities(probabilities: np.ndarray, temperature: float) -> np.ndarray:
-    """softmax(log(p) / T): the probabilities a softmax model gives with its logits divided by T."""
+    """softmax(log(p) / T): the probabilities a softmax model gives with its logits divided by T.
+    At T = 1 they are ``probabilities`` themselves (the round trip through logarithms would move
+    their last digits)."""
+    if temperature == 1.0:
+        return probabilities
     logits = np.log(np.clip(probabilities, _EPSILON, 1.0)) / temperature
     logits -= logits.max(axis=1, keepdims=True)
     scaled = np.exp(logits)

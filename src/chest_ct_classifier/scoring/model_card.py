@@ -223,8 +223,7 @@ def render_markdown(card: dict[str, Any]) -> str:
     lines += [
         "## Calibration",
         "",
-        f"Temperature {_number(calibration.get('temperature'))}, fitted on "
-        f"{calibration.get('fitted_on')} ({calibration.get('n_images')} images).",
+        _calibration_line(calibration),
         "",
         "## Out-of-distribution images",
         "",
@@ -243,6 +242,17 @@ def render_markdown(card: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _calibration_line(calibration: dict[str, Any]) -> str:
+    if calibration.get("fitted_on") in ("none", None):
+        # none: chosen (training.calibration.fit_on); None: no images to fit a temperature to
+        why = "chosen by" if calibration.get("fitted_on") == "none" else "no images for"
+        return f"No temperature scaling (T = 1): {why} `training.calibration.fit_on`."
+    return (
+        f"Temperature {_number(calibration.get('temperature'))}, fitted on "
+        f"{calibration.get('fitted_on')} ({calibration.get('n_images')} images)."
+    )
 
 
 def _seed_spread_lines(spread: dict[str, Any] | None) -> list[str]:

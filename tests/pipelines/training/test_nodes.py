@@ -29,6 +29,7 @@ OVERRIDES = {
         "contrast": 0,
     },
     "selection": {"holdout_fraction": 0.25, "seed": 0},
+    "calibration": {"fit_on": "holdout"},
     "early_stopping": {"monitor": "loss"},
     "phase1": {"max_epochs": 3, "patience": 1, "learning_rate": 1e-2},
     "phase2": {"max_epochs": 2, "patience": 1, "learning_rate": 1e-4},
@@ -147,6 +148,13 @@ def test_calibration_fits_the_hold_out_answers_and_folds_the_temperature_in(
     calibrated, record = calibrate_classifier(tiny_model, cache, schedule[2], PARAMS)
     assert record["fitted_on"] == "holdout" and record["n_images"] == schedule[0]["holdout_images"]
     _assert_temperature_folded_in(tiny_model, calibrated, record, cache)
+
+
+def test_calibration_none_serves_the_model_as_trained(cache, schedule, tiny_model):
+    none = settings("training", {**OVERRIDES, "calibration": {"fit_on": "none"}})
+    model, record = calibrate_classifier(tiny_model, cache, schedule[2], none)
+    assert model is tiny_model
+    assert record == {"temperature": 1.0, "fitted_on": "none", "n_images": 0}
 
 
 def test_calibration_can_fit_on_leak_free_valid(cache, schedule, tiny_model):
