@@ -45,6 +45,25 @@ def test_a_detector_round_trips_through_its_arrays_and_refuses_others():
         fit_detector(features, labels, features[:0], 0.02, "x")
 
 
+def test_the_score_is_the_mahalanobis_distance_to_the_nearest_class_mean():
+    features, labels = _clusters(200, 0)
+    detector = fit_detector(features, labels, features[:20], 0.02, "x")
+    fresh = np.vstack([_clusters(30, 1)[0], np.random.default_rng(2).normal(5, 2, (10, 40))])
+    z = (fresh - detector.center) / detector.scale
+    expected = np.sqrt(
+        np.min(
+            [np.einsum("nd,de,ne->n", z - m, detector.precision, z - m)
+             for m in detector.class_means],
+            axis=0,
+        )
+    )  # fmt: skip
+    np.testing.assert_allclose(detector.scores(fresh), expected, rtol=1e-10)
+    # the same one image at a time as in a batch (the app scores batches of any size)
+    np.testing.assert_allclose(
+        np.concatenate([detector.scores(row[None]) for row in fresh]), expected, rtol=1e-10
+    )
+
+
 def test_a_feature_that_barely_varies_in_training_does_not_dominate_the_score():
     features, labels = _clusters(400, 0)
     features[:, 0] = 0.0  # a ReLU channel that is never on in training...

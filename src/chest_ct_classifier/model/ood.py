@@ -21,6 +21,7 @@ import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -54,11 +55,19 @@ class OodDetector:
     def scores(self, features: np.ndarray) -> np.ndarray:
         """(n,) distance of each (n, d) feature vector to its nearest class mean."""
         z = (np.asarray(features, np.float64) - self.center) / self.scale
-        distances = []
-        for mean in self.class_means:
-            diff = z - mean
-            distances.append(((diff @ self.precision) * diff).sum(axis=1))  # BLAS, not einsum
-        return np.sqrt(np.maximum(np.min(distances, axis=0), 0.0))
+        # (z - m) P (z - m) = zPz - zPm - mPz + mPm for every class mean m at once: one pass
+        # over P (d x d, 18 MB at d = 1536) instead of one per class; served under every
+        # request, it was 4 ms of a batch's 8 (Xeon-AMX).
+        zp = z @ self.precision
+        mp, mpm = self._means_through_precision
+        squared = (zp * z).sum(axis=1)[:, None] - zp @ self.class_means.T - z @ mp.T + mpm
+        return np.sqrt(np.maximum(squared.min(axis=1), 0.0))
+
+    @cached_property
+    def _means_through_precision(self) -> tuple[np.ndarray, np.ndarray]:
+        """mP (k, d) and mPm (k,) of the class means m: fixed once fitted."""
+        mp = self.class_means @ self.precision
+        return mp, (mp * self.class_means).sum(axis=1)
 
     def __deepcopy__(self, memo: dict) -> OodDetector:
         # Read-only once fitted; the served MLflow model deep-copies its inputs on every
