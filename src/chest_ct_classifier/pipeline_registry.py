@@ -71,7 +71,7 @@ def _pinned_serving_requirements() -> tuple[str, ...]:
 
 def registering_model(training: Pipeline) -> Pipeline:
     """``training`` that, when run with MLflow tracking, logs and registers the served model:
-    the serving pipeline (request decoding, preprocessing, the calibrated network) with the
+    the serving pipeline (request decoding, preprocessing, the trained network) with the
     trained model file, as an MLflow pyfunc model named ``MODEL_NAME``.
 
     The champion gate (hooks.ChampionGateHook) then decides whether it becomes the champion.

@@ -69,6 +69,22 @@ def test_transparent_pixels_are_composited_on_black():
     assert np.asarray(decode_image(_encode(image))).max() == 0
 
 
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_only_the_transparent_part_of_a_partly_transparent_image_turns_black(mode):
+    """Opaque pictures skip compositing; one opaque pixel does not make a picture opaque."""
+    pixels = np.full((8, 8, 4), 255, np.uint8)
+    pixels[4:, :, 3] = 0  # the lower half transparent
+    image = Image.fromarray(pixels, "RGBA")
+    if mode == "LA":
+        image = image.convert("LA")
+    elif mode == "P":
+        image = Image.fromarray(np.where(pixels[..., 3] == 0, 1, 0).astype(np.uint8), "P")
+        image.putpalette([255, 255, 255, 255, 255, 255])
+        image.info["transparency"] = 1
+    decoded = np.asarray(decode_image(_encode(image)))
+    assert (decoded[:4] == 255).all() and (decoded[4:] == 0).all()
+
+
 def test_jpeg_named_png_from_the_archive_is_read(sample_images):
     data = sample_images["Data/train/normal/n7.png"]
     assert Image.open(io.BytesIO(data)).format == "JPEG"

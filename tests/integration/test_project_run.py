@@ -324,7 +324,8 @@ def test_the_model_card_repeats_the_runs_own_numbers(project):
     text = (project / "data/08_reporting/model_card.md").read_text()
     assert text.startswith("# Model card: chest-ct-classifier")
     assert f"| accuracy | {metrics['splits']['test']['accuracy']:.3f} |" in text
-    assert "No temperature scaling (T = 1): chosen by `training.calibration.fit_on`." in text
+    assert "No temperature scaling (T = 1): training.calibration.fit_on is none." in text
+    assert "| ECE (no temperature) |" in text
     test_spread = metrics["seed_spread"]["subsets"]["test"]["accuracy"]
     assert f"| test | {test_spread['mean']:.3f} ± {test_spread['std']:.3f} " in text
     client = _client(project)
@@ -386,7 +387,7 @@ def test_web_app_serves_the_trained_model_from_the_catalog_or_the_registry(
     assert served["card_status"] == 200, served["card_html"][-2000:]
     assert "Model card: chest-ct-classifier" in served["card_html"]
     assert 'id="card-seed-spread"' in served["card_html"]  # the spread over training seeds
-    assert "No temperature scaling (T = 1)." in served["card_html"]
+    assert "No temperature scaling (T = 1)" in served["card_html"]
     assert served["health"]["model_card"] == "/model-card"
     model = served["health"]["model"]
     assert model["source"] == ("registry" if source == "registry" else "file")

@@ -64,6 +64,21 @@ def test_the_score_is_the_mahalanobis_distance_to_the_nearest_class_mean():
     )
 
 
+def test_any_precision_matrix_scores_as_its_quadratic_form_and_the_arrays_stay_read_only():
+    rng = np.random.default_rng(4)
+    d = 6
+    lopsided = rng.normal(size=(d, d)) + 3 * np.eye(d)  # not symmetric
+    detector = OodDetector(
+        np.zeros(d), np.ones(d), rng.normal(size=(3, d)), lopsided, 1.0, 0.02, "x"
+    )
+    features = rng.normal(size=(5, d))
+    quadratic = [[(f - m) @ lopsided @ (f - m) for m in detector.class_means] for f in features]
+    expected = np.sqrt(np.maximum(np.min(quadratic, axis=1), 0.0))
+    np.testing.assert_allclose(detector.scores(features), expected, rtol=1e-10)
+    with pytest.raises(ValueError, match="read-only"):
+        detector.precision[0, 0] = 0.0
+
+
 def test_a_feature_that_barely_varies_in_training_does_not_dominate_the_score():
     features, labels = _clusters(400, 0)
     features[:, 0] = 0.0  # a ReLU channel that is never on in training...

@@ -20,8 +20,8 @@ _EPSILON = 1e-12
 
 def scale_probabilities(probabilities: np.ndarray, temperature: float) -> np.ndarray:
     """softmax(log(p) / T): the probabilities a softmax model gives with its logits divided by T.
-    At T = 1 they are ``probabilities`` themselves (the round trip through logarithms would move
-    their last digits)."""
+    At T = 1 they are ``probabilities`` themselves, the same array and not a copy (the round
+    trip through logarithms would move their last digits): do not write to the result."""
     if temperature == 1.0:
         return probabilities
     logits = np.log(np.clip(probabilities, _EPSILON, 1.0)) / temperature

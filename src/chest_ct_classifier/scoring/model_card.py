@@ -78,6 +78,8 @@ def build_model_card(
         "evaluation": evaluation,
         "seed_spread": metrics.get("seed_spread"),
         "calibration": metrics["calibration"],
+        "temperature_scaled": temperature_scaled(metrics["calibration"]),
+        "calibration_summary": calibration_summary(metrics["calibration"]),
         "out_of_distribution": metrics.get("out_of_distribution"),
         "precision": {
             "served_by_default": precision_gate.get("fastest_passing"),
@@ -208,8 +210,7 @@ def render_markdown(card: dict[str, Any]) -> str:
                 f"{_interval(scores['macro_f1_interval'])} |",
                 f"| balanced accuracy | {_number(scores['balanced_accuracy'])} | |",
                 f"| ROC-AUC (macro) | {_number(scores['roc_auc_macro'])} | |",
-                f"| ECE (uncalibrated -> calibrated) | {_number(scores['ece_uncalibrated'])} -> "
-                f"{_number(scores['ece'])} | |",
+                _ece_row(scores, card["temperature_scaled"]),
             ]
             for label in LABELS:
                 interval = (scores["recall_interval"] or {}).get(label)
@@ -223,7 +224,7 @@ def render_markdown(card: dict[str, Any]) -> str:
     lines += [
         "## Calibration",
         "",
-        _calibration_line(calibration),
+        calibration_summary(calibration),
         "",
         "## Out-of-distribution images",
         "",
@@ -244,15 +245,32 @@ def render_markdown(card: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _calibration_line(calibration: dict[str, Any]) -> str:
-    if calibration.get("fitted_on") in ("none", None):
-        # none: chosen (training.calibration.fit_on); None: no images to fit a temperature to
-        why = "chosen by" if calibration.get("fitted_on") == "none" else "no images for"
-        return f"No temperature scaling (T = 1): {why} `training.calibration.fit_on`."
-    return (
-        f"Temperature {_number(calibration.get('temperature'))}, fitted on "
-        f"{calibration.get('fitted_on')} ({calibration.get('n_images')} images)."
-    )
+def temperature_scaled(calibration: dict[str, Any]) -> bool:
+    """Whether the run's calibration record (``calibration.json``) folded a temperature into
+    the model. ``fitted_on`` is "none" when ``training.calibration.fit_on`` chose no temperature,
+    None when there were no images to fit one to; then the model's probabilities are its own."""
+    return calibration.get("fitted_on") not in ("none", None)
+
+
+def calibration_summary(calibration: dict[str, Any]) -> str:
+    """One sentence on the temperature, for the card's readers."""
+    if temperature_scaled(calibration):
+        return (
+            f"Temperature {_number(calibration.get('temperature'))}, fitted on "
+            f"{calibration.get('fitted_on')} ({calibration.get('n_images')} images)."
+        )
+    if calibration.get("fitted_on") == "none":
+        return "No temperature scaling (T = 1): training.calibration.fit_on is none."
+    return "No temperature scaling (T = 1): there were no images to fit one to."
+
+
+def _ece_row(scores: dict[str, Any], scaled: bool) -> str:
+    if scaled:
+        return (
+            f"| ECE (uncalibrated -> calibrated) | {_number(scores['ece_uncalibrated'])} -> "
+            f"{_number(scores['ece'])} | |"
+        )
+    return f"| ECE (no temperature) | {_number(scores['ece'])} | |"
 
 
 def _seed_spread_lines(spread: dict[str, Any] | None) -> list[str]:

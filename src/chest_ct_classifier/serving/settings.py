@@ -20,7 +20,7 @@ from chest_ct_classifier.registry.release import RELEASE_DATASET, ReleaseFolder,
 PREFIX = "CHEST_CT_"
 CATALOG_FILE = Path("conf") / "base" / "catalog.yml"
 MODEL_DATASET = "trained_model"
-"""The catalog entry of the calibrated classifier: what evaluation, inference and serving use."""
+"""The catalog entry of the trained classifier: what evaluation, inference and serving use."""
 METRICS_DATASET = "metrics"
 """The catalog entry of the evaluation report (an MLflow artifact wrapping a JSON file)."""
 INT8_DATASET = "int8_model"

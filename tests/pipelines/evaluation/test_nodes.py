@@ -85,6 +85,23 @@ def test_mlflow_metrics_are_flat_scalars(tiny_model, cache):
     assert "test_leak_free_ece_uncalibrated" in flat
     figure = plot_reliability_diagrams(report)
     assert len(figure.axes) == 2
+    labels = [line.get_label() for line in figure.axes[0].get_lines()]
+    assert any(label.startswith("uncalibrated (ECE") for label in labels)
+    plt.close(figure)
+
+
+def test_without_a_temperature_the_diagram_draws_the_one_curve_it_has(tiny_model, cache):
+    none = {"temperature": 1.0, "fitted_on": "none", "n_images": 0}
+    report = evaluate_classifier(tiny_model, cache, WEIGHTS, none, OOD, SPREAD, PARAMS)
+    test = report["splits"]["test"]
+    assert test["ece"] == test["ece_uncalibrated"]
+    figure = plot_reliability_diagrams(report)
+    labels = [line.get_label() for line in figure.axes[0].get_lines()]
+    assert labels == [
+        "perfect calibration",
+        f"the model, no temperature (ECE {report['splits']['valid']['ece']:.3f})",
+    ]
+    assert figure.axes[0].get_title() == "valid: no temperature (T = 1)"
     plt.close(figure)
 
 
@@ -312,21 +329,22 @@ def test_seed_spread_repeats_the_final_training_the_served_seed_first(tiny_model
     training = settings("training", {"batch_size": 4, "seed": 7, "heads": 2})
     served, _ = train_classifier(cache, tiny_model, schedule, training)
     calibrated = apply_temperature(served, CALIBRATION["temperature"])
+    params = settings("evaluation", {"batch_size": 3, "seed_spread": {"runs": 2}})  # 1 more
     spread = measure_seed_spread(
-        calibrated, cache, tiny_model, schedule, CALIBRATION, training, PARAMS
+        calibrated, cache, tiny_model, schedule, CALIBRATION, training, params
     )
-    runs = PARAMS.seed_spread.runs
+    runs = params.seed_spread.runs
     assert spread["seeds"] == [7 + run for run in range(runs)] and spread["served_seed"] == 7
     assert set(spread["subsets"]) == {"valid", "valid_leak_free", "test", "test_leak_free"}
     # the first is the served model; the next is the same recipe trained with the next seed
-    report = evaluate_classifier(calibrated, cache, WEIGHTS, CALIBRATION, OOD, spread, PARAMS)
+    report = evaluate_classifier(calibrated, cache, WEIGHTS, CALIBRATION, OOD, spread, params)
     assert report["seed_spread"] is spread
     next_seed, _ = train_classifier(
         cache, tiny_model, schedule, training.model_copy(update={"seed": 8})
     )
     other = evaluate_classifier(
         apply_temperature(next_seed, CALIBRATION["temperature"]),
-        cache, WEIGHTS, CALIBRATION, OOD, spread, PARAMS,
+        cache, WEIGHTS, CALIBRATION, OOD, spread, params,
     )  # fmt: skip
     for name, (subset, split) in {
         "test": ("splits", "test"), "valid_leak_free": ("leak_free", "valid"),

@@ -63,7 +63,11 @@ from chest_ct_classifier.pipelines.training.nodes import train_classifier
 from chest_ct_classifier.registry.champion_gate import MODEL_NAME
 from chest_ct_classifier.scoring.bootstrap import bootstrap_intervals
 from chest_ct_classifier.scoring.metrics import classification_metrics
-from chest_ct_classifier.scoring.model_card import build_model_card, render_markdown
+from chest_ct_classifier.scoring.model_card import (
+    build_model_card,
+    render_markdown,
+    temperature_scaled,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -83,13 +87,15 @@ def evaluate_classifier(
     split and on its leak-free subset (images with no exact or near copy in train).
 
     The trained layers (block 5 and the head) are applied to the cached block-4 activations:
-    the same computation as the whole model on the images, without running VGG16 again. The
-    model serves temperature-scaled probabilities; ``ece_uncalibrated`` is the ECE the same
-    model had before.
+    the same computation as the whole model on the images, without running VGG16 again. When
+    training folded a temperature in (``training.calibration.fit_on`` holdout or valid), the
+    model serves temperature-scaled probabilities and ``ece_uncalibrated`` is the ECE the same
+    model had before; with none (the default) the two are the same number.
     """
     batch_size = parameters.batch_size
     n_bins = parameters.calibration_bins
     temperature = float(calibration["temperature"])
+    scaled = temperature_scaled(calibration)
     report: dict[str, Any] = {
         "weights": weights_info,
         "calibration": calibration,
@@ -127,11 +133,11 @@ def evaluate_classifier(
             )
             report[subset][split] = metrics
             logger.info(
-                "%s%s: accuracy %.3f, macro-F1 %.3f, loss %.3f, ECE %.3f (%.3f before "
-                "calibration) on %d images",
+                "%s%s: accuracy %.3f, macro-F1 %.3f, loss %.3f, ECE %.3f%s on %d images",
                 split, " (leak-free)" if subset == "leak_free" else "",
                 metrics["accuracy"], metrics["macro_f1"], metrics["loss"], metrics["ece"],
-                metrics["ece_uncalibrated"], metrics["n_images"],
+                f" ({metrics['ece_uncalibrated']:.3f} before the temperature)" if scaled else "",
+                metrics["n_images"],
             )  # fmt: skip
         report["reliability"][split] = {
             "calibrated": reliability_bins(probabilities, labels, n_bins),
@@ -172,7 +178,8 @@ def measure_seed_spread(
     next ``seed_spread.runs - 1`` integers, each scored on valid and test (and their leak-free
     subsets). From the cached activations: with the head alone it costs seconds.
 
-    The served seed's training is ``model`` itself (the calibrated candidate), not run again.
+    The served seed's training is ``model`` itself (the candidate, with its temperature if it
+    has one), not run again.
     Nothing is chosen with these figures: they describe the served model's recipe, not a
     better model.
     """
@@ -490,14 +497,21 @@ def plot_reliability_diagrams(report: dict[str, Any]) -> plt.Figure:
     temperature scaling; the diagonal is perfect calibration."""
     splits = list(report["reliability"])
     figure, axes = plt.subplots(1, len(splits), figsize=(6 * len(splits), 5.5), squeeze=False)
+    scaled = temperature_scaled(report["calibration"])
+    # without a temperature the two curves are one: drawn once, named for what it is
+    curves = (
+        (("uncalibrated", "s--", "uncalibrated"), ("calibrated", "o-", "calibrated"))
+        if scaled
+        else (("calibrated", "o-", "the model, no temperature"),)
+    )
     for axis, split in zip(axes[0], splits, strict=True):
         axis.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
-        for kind, style in (("uncalibrated", "s--"), ("calibrated", "o-")):
+        for kind, style, name in curves:
             bins = report["reliability"][split][kind]
             points = [(c, a) for c, a in zip(bins["confidence"], bins["accuracy"], strict=True)
                       if c is not None]  # fmt: skip
             ece = report["splits"][split]["ece" if kind == "calibrated" else "ece_uncalibrated"]
-            axis.plot(*zip(*points, strict=True), style, label=f"{kind} (ECE {ece:.3f})")
+            axis.plot(*zip(*points, strict=True), style, label=f"{name} (ECE {ece:.3f})")
         axis.set_xlim(0, 1)
         axis.set_ylim(0, 1)
         axis.set_xlabel("confidence (top-class probability)")
@@ -507,6 +521,8 @@ def plot_reliability_diagrams(report: dict[str, Any]) -> plt.Figure:
         )
         axis.set_title(
             f"{split}: temperature {report['calibration']['temperature']:.2f}{fitted_here}"
+            if scaled
+            else f"{split}: no temperature (T = 1)"
         )
         axis.legend(loc="upper left", fontsize=8)
     figure.tight_layout()

@@ -1,5 +1,6 @@
 """Training: cache the frozen layers' activations once, choose the schedule on a leak-free
-hold-out of train+valid, refit on train, calibrate on the hold-out's answers (or valid)."""
+hold-out of train+valid, refit on train, fold in a temperature when ``calibration.fit_on`` asks
+(fitted to the hold-out's answers or valid's)."""
 
 from __future__ import annotations
 
@@ -255,9 +256,10 @@ def calibrate_classifier(
     holdout_predictions: dict[str, Any],
     parameters: TrainingParameters,
 ) -> tuple[keras.Model, dict[str, Any]]:
-    """Temperature-scale the trained model, so that it serves calibrated probabilities.
+    """Temperature-scale the trained model when ``calibration.fit_on`` asks, so that it serves
+    the scaled probabilities; with ``none`` (the default) it is served as trained.
 
-    ``calibration.fit_on`` chooses the answers the temperature is fitted to:
+    ``calibration.fit_on`` chooses whether and to which answers a temperature is fitted:
 
     - ``none``: no temperature (T = 1); the model is served as trained. On the public archive,
       grouped cross-validation found every fitted temperature raised the expected calibration

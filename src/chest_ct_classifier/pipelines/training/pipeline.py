@@ -1,5 +1,6 @@
 """Training: cache the frozen layers' activations, choose the schedule on a leak-free hold-out,
-refit on train, calibrate on the hold-out's answers, write the int8 convolutions."""
+refit on train, fold in a temperature when ``calibration.fit_on`` asks, write the int8
+convolutions."""
 
 from kedro.pipeline import Pipeline, node, pipeline
 

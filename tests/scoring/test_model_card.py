@@ -1,0 +1,92 @@
+"""The model card says whether a temperature was folded in, in its Markdown and on its page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from flask import render_template
+
+from chest_ct_classifier.images.labels import DISPLAY_NAMES, LABELS
+from chest_ct_classifier.scoring.model_card import (
+    build_model_card,
+    calibration_summary,
+    render_markdown,
+    temperature_scaled,
+)
+from chest_ct_classifier.serving import create_app
+from chest_ct_classifier.serving.settings import ServingSettings
+
+FITTED = {"temperature": 1.7, "fitted_on": "holdout", "n_images": 144}
+CHOSEN_NONE = {"temperature": 1.0, "fitted_on": "none", "n_images": 0}
+NO_IMAGES = {"temperature": 1.0, "fitted_on": None, "n_images": 0}
+
+
+def _scores(ece: float, ece_uncalibrated: float) -> dict:
+    per_class = {label: {"recall": 0.75, "support": 12} for label in LABELS}
+    interval = {"low": 0.6, "high": 0.9}
+    return {
+        "n_images": 48, "accuracy": 0.75, "macro_f1": 0.74, "balanced_accuracy": 0.75,
+        "roc_auc": {"macro": 0.9}, "ece": ece, "ece_uncalibrated": ece_uncalibrated,
+        "per_class": per_class,
+        "intervals": {"accuracy": interval, "macro_f1": interval, "confidence": 0.95,
+                      "recall": dict.fromkeys(LABELS, interval)},
+    }  # fmt: skip
+
+
+def _card(calibration: dict, ece: float, ece_uncalibrated: float) -> dict:
+    scores = _scores(ece, ece_uncalibrated)
+    metrics = {
+        "weights": {"used": "imagenet"},
+        "splits": {"test": scores},
+        "leak_free": {"test": scores},
+        "calibration": calibration,
+    }
+    return build_model_card("chest-ct-classifier", "f00d", metrics, {}, {}, {}, {})
+
+
+def test_the_record_says_whether_a_temperature_was_folded_in():
+    assert temperature_scaled(FITTED)
+    assert not temperature_scaled(CHOSEN_NONE) and not temperature_scaled(NO_IMAGES)
+    assert calibration_summary(FITTED) == "Temperature 1.700, fitted on holdout (144 images)."
+    assert "training.calibration.fit_on is none" in calibration_summary(CHOSEN_NONE)
+    assert "no images to fit one to" in calibration_summary(NO_IMAGES)
+
+
+@pytest.mark.parametrize(
+    ("calibration", "summary", "ece_row"),
+    [
+        (FITTED, "Temperature 1.700, fitted on holdout", "| ECE (uncalibrated -> calibrated) | "
+         "0.091 -> 0.052 | |"),
+        (CHOSEN_NONE, "No temperature scaling (T = 1)", "| ECE (no temperature) | 0.052 | |"),
+        (NO_IMAGES, "No temperature scaling (T = 1)", "| ECE (no temperature) | 0.052 | |"),
+    ],
+)  # fmt: skip
+def test_the_markdown_shows_one_ece_without_a_temperature_and_both_with_one(
+    calibration, summary, ece_row
+):
+    ece_uncalibrated = 0.091 if temperature_scaled(calibration) else 0.052
+    text = render_markdown(_card(calibration, 0.052, ece_uncalibrated))
+    assert summary in text and ece_row in text
+    assert ("uncalibrated" in text) is temperature_scaled(calibration)
+
+
+def _page(card: dict, tmp_path: Path) -> str:
+    app = create_app(ServingSettings(project_path=tmp_path, model_path=tmp_path / "none.keras"))
+    labels = [{"label": label, "display_name": DISPLAY_NAMES[label]} for label in LABELS]
+    with app.test_request_context("/model-card"):
+        return render_template("model_card.html", card=card, reason="", labels=labels)
+
+
+def test_the_page_shows_the_temperature_or_its_absence(tmp_path):
+    page = _page(_card(FITTED, 0.052, 0.091), tmp_path)
+    assert "Temperature 1.700, fitted on holdout" in page
+    assert "0.091 &rarr; 0.052" in page
+    page = _page(_card(CHOSEN_NONE, 0.052, 0.052), tmp_path)
+    assert "No temperature scaling (T = 1)" in page and "uncalibrated" not in page
+    assert "ECE (no temperature)" in page
+    # a card written before the summary existed (an older registered version): as it was shown
+    old = _card(FITTED, 0.052, 0.091)
+    del old["calibration_summary"], old["temperature_scaled"]
+    page = _page(old, tmp_path)
+    assert "Temperature 1.700, fitted on holdout." in page and "0.091 &rarr; 0.052" in page
