@@ -16,6 +16,10 @@ Measures, per precision (``fp32``, ``bf16``, ``int8``):
 - ``--clients`` concurrent clients x ``--requests`` each: throughput (images/s), latency, errors,
   and whether every answer equals the one-client answer for the same image (answers never mixed);
 - peak resident memory of the gunicorn worker;
+- with ``--rounds N``, the served measurements N times, the precisions taking turns (fp32,
+  bf16, int8, fp32, ...): a shared machine's speed drifts by tens of percent within minutes,
+  and turns spread the drift over every precision alike. The table gives each precision's
+  median round, each round's throughput and the ratio of the medians to fp32's;
 
 and once: preprocessing of one file, and the seed's design (load the model, predict, per
 request). Results go to ``data/08_reporting/serving_benchmark.{json,md}``.
@@ -234,6 +238,30 @@ def served(base: str, images: list[bytes], single: int, clients: int, per_client
     }
 
 
+def serve_and_measure(
+    settings: ServingSettings, precision: str, threads: int | None, images: list[bytes], args
+) -> dict:
+    """The app started in ``precision``: what it serves, its answers measured, its peak memory."""
+    port = _free_port()
+    process = start_gunicorn(settings, precision, port, threads)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        served_precision = requests.get(f"{base}/health", timeout=30).json()["precision"]
+        measured = served(base, images, args.single, args.clients, args.requests)
+        peak = _peak_rss_mb(process)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
+    return {"served_precision": served_precision, **measured, "peak_rss_mb": peak}
+
+
+def median_round(rounds: list[dict]) -> dict:
+    """The round of median concurrent throughput (the lower middle of an even count): one real
+    run, not a blend of several."""
+    ranked = sorted(rounds, key=lambda r: r["concurrent"]["images_per_second"])
+    return ranked[(len(ranked) - 1) // 2]
+
+
 def cpu_name() -> str:
     """The CPU's model name, as results.md records it beside every figure."""
     try:
@@ -249,6 +277,11 @@ def _cell(value, suffix: str = "") -> str:
     return "-" if value is None else f"{value}{suffix}"
 
 
+def _ratio(concurrent: dict, fp32: dict | None) -> str:
+    base = fp32["concurrent"]["images_per_second"] if fp32 else None
+    return f"{concurrent['images_per_second'] / base:.2f}" if base else "-"
+
+
 def _markdown(report: dict) -> str:
     lines = [
         "# Serving benchmark",
@@ -257,14 +290,16 @@ def _markdown(report: dict) -> str:
         f"1 worker, {report['threads']} threads, batches of up to {report['max_batch']} requests "
         f"(first waits {report['batch_wait_ms']} ms); "
         f"{report['images']} real images; {report['clients']} concurrent clients x "
-        f"{report['requests_per_client']} requests.",
+        f"{report['requests_per_client']} requests; {report.get('rounds', 1)} round(s), the "
+        "precisions taking turns (the median round shown).",
         "",
         "| precision asked (served) | forward b1 p50 ms | forward b16 ms/image | b16 images/s | "
         "`/predict` 1 client p50 / p95 ms | p50 / forward b1 | "
-        f"{report['clients']} clients images/s | {report['clients']} clients p50 / p95 ms | "
-        "errors / mismatches | peak RSS MB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"{report['clients']} clients images/s (each round) | x fp32 | "
+        f"{report['clients']} clients p50 / p95 ms | errors / mismatches | peak RSS MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    fp32 = report["precisions"].get("fp32")
     for precision, row in report["precisions"].items():
         raw, one, many = row["raw"] or {}, row["single_client"], row["concurrent"]
         lines.append(
@@ -273,14 +308,16 @@ def _markdown(report: dict) -> str:
             f"{_cell(raw.get('forward_batch16_per_image_ms'))} | "
             f"{_cell(raw.get('images_per_second_batch16'))} | "
             f"{one['p50_ms']} / {one['p95_ms']} | {_cell(row['latency_over_forward'])} | "
-            f"{many['images_per_second']} | {many['p50_ms']} / {many['p95_ms']} | "
+            f"{many['images_per_second']} "
+            f"({' / '.join(str(r) for r in row.get('rounds_images_per_second', []))}) | "
+            f"{_ratio(many, fp32)} | {many['p50_ms']} / {many['p95_ms']} | "
             f"{many['errors']} / {many['answers_not_matching_single_client']} | "
             f"{row['peak_rss_mb']} |"
         )
     seed = report["seed_baseline"]
     lines += [
         f"| seed-style: model loaded per request, Keras `predict` | | | | "
-        f"{seed['p50_ms']} / {seed['p95_ms']} | | {seed['images_per_second']} (1 client) | | | |",
+        f"{seed['p50_ms']} / {seed['p95_ms']} | | {seed['images_per_second']} (1 client) | | | | |",
         "",
         f"Preprocessing of one file: p50 {report['preprocess']['p50_ms']} ms. "
         "Served precision: what `/health` reported (the gate can refuse a reduced one). "
@@ -324,8 +361,13 @@ def main() -> None:
         help="requests per forward pass, at most (1: no batching)",
     )
     parser.add_argument("--batch-wait-ms", type=float, default=ServingSettings.batch_wait_ms)
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="served measurements per precision, taking turns"
+    )
     parser.add_argument("--output", type=Path, default=REPORT)
     args = parser.parse_args()  # fmt: skip
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     unknown = set(precisions) - set(PRECISIONS)
     if unknown:
@@ -356,35 +398,32 @@ def main() -> None:
         "batch_wait_ms": settings.batch_wait_ms,
         "clients": args.clients,
         "requests_per_client": args.requests,
+        "rounds": args.rounds,
         "preprocess": preprocessing(images, size, args.repeats),
         "precisions": {},
     }
+    raws = {p: raw_forward(model, int8, p, inputs, args.repeats) for p in precisions}
+    rounds: dict[str, list[dict]] = {p: [] for p in precisions}
+    for turn in range(args.rounds):
+        for precision in precisions:
+            rounds[precision].append(serve_and_measure(settings, precision, threads, images, args))
+            print(f"round {turn + 1}, {precision}: {rounds[precision][-1]}", flush=True)
     for precision in precisions:
-        raw = raw_forward(model, int8, precision, inputs, args.repeats)
-        port = _free_port()
-        process = start_gunicorn(settings, precision, port, threads)
-        base = f"http://127.0.0.1:{port}"
-        try:
-            served_precision = requests.get(f"{base}/health", timeout=30).json()["precision"]
-            measured = served(base, images, args.single, args.clients, args.requests)
-            peak = _peak_rss_mb(process)
-        finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=60)
-        reference = raw if served_precision == precision else report["precisions"].get(
-            served_precision, {}).get("raw")  # fmt: skip
+        measured = median_round(rounds[precision])
+        served_precision = measured["served_precision"]
+        reference = raws.get(served_precision)
         report["precisions"][precision] = {
-            "served_precision": served_precision,
-            "raw": raw,
+            "raw": raws[precision],
             **measured,
-            "peak_rss_mb": peak,
+            "rounds_images_per_second": [
+                r["concurrent"]["images_per_second"] for r in rounds[precision]
+            ],
             "latency_over_forward": round(
                 measured["single_client"]["p50_ms"] / reference["forward_batch1"]["p50_ms"], 2
             )
             if reference
             else None,
         }
-        print(f"{precision}: served {served_precision}, {measured}", flush=True)
     del model
     report["seed_baseline"] = seed_baseline(files.model, images, args.baseline)
     args.output.parent.mkdir(parents=True, exist_ok=True)

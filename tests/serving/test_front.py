@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.slow, needs_nginx]
 SLOW_CLIENTS = 16
 TRICKLE_EVERY_S = 5.0
 EXPLAINING_CLIENTS = 32
-EXPLAINING_FOR_S = 60.0
+EXPLAINING_FOR_S = 30.0
 ANSWER_WITHIN_S = 2.0
 BIG_IMAGES = 16
 BIG_SIZE = (4000, 3000)
@@ -126,8 +126,8 @@ def timed(call) -> tuple[float, int]:
 def test_slow_clients_and_a_crowd_of_explanations_leave_health_and_predict_answering(
     served, sample_image_path
 ):
-    """16 clients trickle a body a byte every 5 s, and 32 clients ask for explanations for a
-    minute: every /health and plain /predict meanwhile answers 200 within 2 s, and the
+    """16 clients trickle a body a byte every 5 s, and 32 clients ask for explanations for
+    half a minute: every /health and plain /predict meanwhile answers 200 within 2 s, and the
     explanations beyond the allowed one get 429 at once."""
     base, log, _ = served
     image = sample_image_path("normal").read_bytes()
@@ -172,7 +172,7 @@ def test_slow_clients_and_a_crowd_of_explanations_leave_health_and_predict_answe
     slowest = max(seconds for _, seconds, _ in probes)
     print(f"{len(probes)} probes, slowest {slowest:.2f} s; explanations: "
           f"{explained.count(200)} answered, {explained.count(429)} refused with 429")  # fmt: skip
-    assert len(probes) >= 40
+    assert len(probes) >= 20
     assert all(status == 200 for _, _, status in probes), probes
     assert slowest <= ANSWER_WITHIN_S, sorted(probes, key=lambda p: -p[1])[:5]
     assert set(explained) <= {200, 429} and explained.count(429) > 0 and explained.count(200) > 0
