@@ -239,9 +239,14 @@ def served(base: str, images: list[bytes], single: int, clients: int, per_client
 
 
 def serve_and_measure(
-    settings: ServingSettings, precision: str, threads: int | None, images: list[bytes], args
+    settings: ServingSettings,
+    precision: str,
+    threads: int | None,
+    images: list[bytes],
+    args: argparse.Namespace,
 ) -> dict:
-    """The app started in ``precision``: what it serves, its answers measured, its peak memory."""
+    """The app started in ``precision``: what it serves, its answers measured (``args``' single,
+    clients and requests), its peak memory."""
     port = _free_port()
     process = start_gunicorn(settings, precision, port, threads)
     base = f"http://127.0.0.1:{port}"

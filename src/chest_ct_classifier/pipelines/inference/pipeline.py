@@ -49,8 +49,7 @@ def create_pipeline(**kwargs) -> Pipeline:
 def create_serving_pipeline() -> Pipeline:
     """Request table in, predictions table out: preprocessing, the network (in the precision
     the gate allows), its probabilities (temperature-scaled if training fitted one) and the
-    out-of-distribution check, all in
-    the one ``predict_images``."""
+    out-of-distribution check, all in the one ``predict_images``."""
     return pipeline(
         [
             node(
