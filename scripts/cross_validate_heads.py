@@ -12,9 +12,9 @@ refit on all of them for those epochs (``model.two_phase_training.train_heads``)
 temperature is fitted to the hold-out run's answers. The held-out fold is then scored:
 accuracy, macro-F1, log-loss and ECE, before and after the temperature, and ECE after a
 cross-fitted temperature: one fitted to the other folds' held-out answers (what a calibration
-set of answers of refit models, a k-fold schedule, would give). Block-5 fine-tuning is
-off unless ``--phase2`` (it costs tens of seconds an epoch on the full archive, and the full
-archive's schedule keeps 0 epochs of it).
+set of answers of refit models, a k-fold schedule, would give). Block-5 fine-tuning follows
+``training.phase2`` (off by default); ``--phase2-max-epochs 6`` tries it, each fold's hold-out
+choosing how many epochs to keep.
 Results: ``data/08_reporting/cross_validation.{json,md}``.
 """
 
@@ -206,17 +206,20 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--heads", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--phase2", action="store_true", help="fine-tune block 5 as configured")
+    parser.add_argument(
+        "--phase2-max-epochs",
+        type=int,
+        help="block-5 fine-tuning epochs to try (default: the project's training.phase2)",
+    )
     parser.add_argument("--report", type=Path, default=REPORT)
     args = parser.parse_args(argv)
     for path in (args.cache, args.model):
         if not path.exists():
             parser.error(f"{path} does not exist: run `kedro run` first (it writes both)")
     parameters = project_training_parameters()
-    if not args.phase2:
-        parameters = parameters.model_copy(
-            update={"phase2": parameters.phase2.model_copy(update={"max_epochs": 0})}
-        )
+    if args.phase2_max_epochs is not None:
+        phase2 = parameters.phase2.model_copy(update={"max_epochs": args.phase2_max_epochs})
+        parameters = parameters.model_copy(update={"phase2": phase2})
     cache = ActivationCacheDataset(str(args.cache)).load()
     model = keras.saving.load_model(args.model, compile=False)
     report = cross_validate(cache, model, parameters, args.heads, args.folds, args.seed)

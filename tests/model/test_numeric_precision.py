@@ -249,3 +249,32 @@ def test_select_forward_checks_fingerprints_and_falls_back_to_fp32(tiny_model, i
             np.asarray(rounded.numpy(), np.float32),
             original.numpy().astype(rounded.dtype).astype(np.float32),
         )
+
+
+def test_a_reduced_path_that_fails_on_this_machine_serves_fp32(tiny_model, inputs, monkeypatch):
+    # the gate passed bf16 on the machine that trained; here oneDNN has no kernel for it (as
+    # with ONEDNN_MAX_CPU_ISA=AVX2 on a CPU whose instructions advertise bfloat16)
+    from chest_ct_classifier.model import numeric_precision
+    from chest_ct_classifier.model.numeric_precision import model_fingerprint, select_forward
+
+    def no_kernel(batch: np.ndarray) -> np.ndarray:
+        raise RuntimeError("could not create a primitive descriptor\nfor the convolution")
+
+    built = numeric_precision.forward_for
+    monkeypatch.setattr(
+        numeric_precision,
+        "forward_for",
+        lambda model, precision, *args: (
+            no_kernel if precision == "bf16" else built(model, precision, *args)
+        ),
+    )
+    paths = {**GATE["paths"], "bf16": {"passed": True, "ms_per_image": 100.0}, "int8": {}}
+    gate = {"paths": paths, "model_fingerprint": model_fingerprint(tiny_model)}
+    forward, served, reason = select_forward(tiny_model, "auto", None, gate)
+    assert served == "fp32"
+    assert reason == (
+        "bf16 fails on this machine (RuntimeError: could not create a primitive descriptor): fp32"
+    )
+    np.testing.assert_allclose(
+        forward(inputs[:2]), tiny_model.predict_on_batch(inputs[:2]), atol=1e-6
+    )

@@ -179,3 +179,26 @@ def test_the_whole_report_round_trips_through_json():
 
     _assert_plain(m)
     assert json.loads(json.dumps(m, allow_nan=False)) == m
+
+
+def test_macro_f1_is_scikit_learns_to_the_last_bit_row_by_row():
+    from sklearn.metrics import f1_score
+
+    from chest_ct_classifier.scoring.metrics import macro_f1, macro_f1_of_rows
+
+    rng = np.random.default_rng(0)
+    # some classes absent from the truth, the answers or both; empty rows; mostly right rows
+    cases = [(np.array([], int), np.array([], int)), (np.array([0, 0]), np.array([0, 0]))]
+    for _ in range(300):
+        n, classes = int(rng.integers(1, 30)), int(rng.integers(1, 5))
+        truth = rng.integers(0, classes, n)
+        answers = np.where(rng.random(n) < 0.7, truth, rng.integers(0, len(LABELS), n))
+        cases.append((truth, answers))
+    for truth, answers in cases:
+        expected = f1_score(
+            truth, answers, labels=range(len(LABELS)), average="macro", zero_division=0
+        ) if len(truth) else 0.0  # fmt: skip
+        assert macro_f1(truth, answers) == expected
+    truth, answers = rng.integers(0, 4, (50, 20)), rng.integers(0, 4, (50, 20))
+    rows = macro_f1_of_rows(truth, answers)
+    assert rows.tolist() == [macro_f1(t, a) for t, a in zip(truth, answers, strict=True)]

@@ -55,7 +55,7 @@ def test_folds_cover_train_and_valid_and_more_heads_share_the_first_heads_schedu
     assert set(report["summary"]) == {"1 head", "2 heads"}
     one, two = report["per_fold"]["1 head"], report["per_fold"]["2 heads"]
     assert [r["phase1_epochs"] for r in one] == [r["phase1_epochs"] for r in two]
-    assert all(r["phase2_epochs"] == 0 for r in one)  # block 5 stays frozen unless --phase2
+    assert all(r["phase2_epochs"] == 0 for r in one)  # training.phase2.max_epochs: 0
     for record in one + two:
         assert 0.0 <= record["accuracy"] <= 1.0 and record["loss"] > 0
         assert 0.0 <= record["ece_cross_fitted"] <= 1.0

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import threading
 import time
 import warnings
@@ -34,7 +35,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from chest_ct_classifier.model.architecture import FEATURE_LAYER, model_after
+from chest_ct_classifier.model.architecture import FEATURE_LAYER, image_size_of, model_after
 
 PRECISIONS = ("fp32", "bf16", "int8")
 AUTO = "auto"
@@ -336,8 +337,9 @@ def select_forward(
     """The forward pass to use for a requested precision, checked against the gate report of
     this very model and int8 file; its precision; and why, in words.
 
-    A path that cannot be built (an int8 file missing or broken) falls back to fp32: an answer
-    in full precision is always possible.
+    A reduced path that cannot be built (an int8 file missing or broken) or cannot run on this
+    machine (it answers one blank image first: the gate may have passed it on another CPU)
+    falls back to fp32: an answer in full precision is always possible.
     """
     served, reason = choose_precision(
         requested,
@@ -347,13 +349,27 @@ def select_forward(
     )
     if served == "int8" and not int8_model:
         served, reason = "fp32", f"{reason}; but the int8 model file is missing: fp32"
+    if served == "fp32":
+        return forward_for(model, served), served, reason
     try:
-        return forward_for(model, served, int8_model), served, reason
+        forward = forward_for(model, served, int8_model)
     except Exception as exc:  # a broken int8 file must not stop anything: fp32 still works
         logger.exception("Cannot build the %s forward pass", served)
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        return (
-            forward_for(model, "fp32"),
-            "fp32",
-            f"{served} could not be loaded ({first_line}): fp32",
-        )
+        reason = f"{served} could not be loaded ({failure_summary(exc)}): fp32"
+        return forward_for(model, "fp32"), "fp32", reason
+    try:
+        size = image_size_of(model)
+        forward(np.zeros((1, size, size, 3), np.float32))
+    except Exception as exc:
+        logger.exception("The %s forward pass fails on this machine", served)
+        reason = f"{served} fails on this machine ({failure_summary(exc)}): fp32"
+        return forward_for(model, "fp32"), "fp32", reason
+    return forward, served, reason
+
+
+def failure_summary(exc: BaseException) -> str:
+    """The exception's type and the first line of its message, for a reason in words."""
+    # TensorFlow's messages start with the failing graph function's name: {{function_node ...}}
+    message = re.sub(r"^(\{\{[^}]*\}\}\s*)+", "", str(exc).strip())
+    first_line = (message.splitlines() or [""])[0][:200]
+    return f"{type(exc).__name__}: {first_line}" if first_line else type(exc).__name__

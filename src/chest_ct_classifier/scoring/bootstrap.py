@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from chest_ct_classifier.images.labels import LABELS
-from chest_ct_classifier.scoring.metrics import macro_f1
+from chest_ct_classifier.scoring.metrics import macro_f1_of_rows
 
 
 def bootstrap_intervals(
@@ -57,8 +57,6 @@ def bootstrap_intervals(
         "confidence": confidence,
         "resamples": resamples,
         "accuracy": interval(correct.mean(axis=1)),
-        "macro_f1": interval(
-            np.array([macro_f1(t, a) for t, a in zip(truth, answer, strict=True)])
-        ),
+        "macro_f1": interval(macro_f1_of_rows(truth, answer)),
         "recall": recalls,
     }

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import (
     confusion_matrix,
-    f1_score,
     precision_recall_fscore_support,
     roc_auc_score,
     roc_curve,
@@ -34,9 +33,24 @@ def negative_log_likelihood(
 def macro_f1(labels: np.ndarray, predicted: np.ndarray) -> float:
     """F1 averaged over all of LABELS with equal weight; a class never seen nor predicted
     scores 0 (it is not left out, so the score cannot look better on fewer classes)."""
-    return float(
-        f1_score(labels, predicted, labels=range(len(LABELS)), average="macro", zero_division=0)
-    )
+    return float(macro_f1_of_rows(np.asarray(labels)[None], np.asarray(predicted)[None])[0])
+
+
+def macro_f1_of_rows(labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """``macro_f1`` of every row of two (R, N) arrays of class indices at once.
+
+    The same numbers as scikit-learn's ``f1_score(average="macro", zero_division=0)`` over
+    ``labels=range(len(LABELS))`` (2 TP / (2 TP + FP + FN) per class, the mean of the classes),
+    without its input checks per call: the bootstrap scores a thousand resamples with it.
+    """
+    labels, predicted = np.asarray(labels), np.asarray(predicted)
+    per_class = np.zeros((len(labels), len(LABELS)))
+    for index in range(len(LABELS)):
+        is_true, is_predicted = labels == index, predicted == index
+        true_positives = (is_true & is_predicted).sum(axis=1)
+        denominator = is_true.sum(axis=1) + is_predicted.sum(axis=1)
+        np.divide(2 * true_positives, denominator, out=per_class[:, index], where=denominator > 0)
+    return per_class.mean(axis=1)
 
 
 def classification_metrics(y_true: np.ndarray, probabilities: np.ndarray) -> dict:

@@ -289,6 +289,52 @@ def test_reduced_precisions_are_checked_against_fp32_on_valid_and_test(tiny_mode
     assert len(report["int8_fingerprint"]) == 16
 
 
+def test_a_reduced_path_that_cannot_run_here_fails_the_gate_and_the_run_goes_on(
+    tiny_model, sample_images, monkeypatch
+):
+    import pandas as pd
+
+    from chest_ct_classifier.images.labels import label_from_folder
+    from chest_ct_classifier.pipelines.evaluation import nodes
+
+    def no_kernel(batch: np.ndarray) -> np.ndarray:
+        raise RuntimeError("could not create a primitive descriptor for the convolution")
+
+    built = nodes.forward_for
+    monkeypatch.setattr(
+        nodes,
+        "forward_for",
+        lambda model, precision, *args: (
+            no_kernel if precision == "bf16" else built(model, precision, *args)
+        ),
+    )
+    table = pd.DataFrame(
+        {"path": list(sample_images),
+         "split": [p.split("/")[1] for p in sample_images],
+         "label": [label_from_folder(p.split("/")[2]) for p in sample_images],
+         "label_conflict": False}
+    )  # fmt: skip
+    images = {p: (lambda p=p: sample_images[p]) for p in sample_images}
+    params = settings(
+        "evaluation", {"precision_gate": {"timing_batch_size": 2, "timing_repeats": 1}}
+    )
+    # bf16 fails at its first batch, int8 when its (broken) file is loaded
+    report, logged = nodes.check_reduced_precisions(
+        tiny_model, b"not a tflite model", images, table, params
+    )
+    bf16, int8 = report["paths"]["bf16"], report["paths"]["int8"]
+    assert bf16 == {
+        "passed": False,
+        "reason": "it failed on this machine (RuntimeError: could not create a primitive "
+        "descriptor for the convolution)",
+    }
+    assert not int8["passed"] and int8["reason"].startswith("it failed on this machine (")
+    assert report["paths"]["fp32"]["ms_per_image"] > 0
+    assert report["fastest_passing"] == "fp32"
+    assert logged["bf16_passed"] == [{"value": 0.0, "step": 0}]
+    assert "bf16_ms_per_image" not in logged
+
+
 def test_the_ood_detector_is_fitted_on_train_and_measured_on_what_it_never_chose_on(
     tiny_model, sample_images
 ):
