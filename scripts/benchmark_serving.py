@@ -17,9 +17,10 @@ Measures, per precision (``fp32``, ``bf16``, ``int8``):
   and whether every answer equals the one-client answer for the same image (answers never mixed);
 - peak resident memory of the gunicorn worker;
 - with ``--rounds N``, the served measurements N times, the precisions taking turns (fp32,
-  bf16, int8, fp32, ...): a shared machine's speed drifts by tens of percent within minutes,
-  and turns spread the drift over every precision alike. The table gives each precision's
-  median round, each round's throughput and the ratio of the medians to fp32's;
+  bf16, int8, fp32, ...) on apps started once: a shared machine's speed drifts by tens of
+  percent within minutes, and turns spread the drift over every precision alike. The table
+  gives each precision's median round, each round's throughput and the ratio of the medians
+  to fp32's;
 
 and once: preprocessing of one file, and the seed's design (load the model, predict, per
 request). Results go to ``data/08_reporting/serving_benchmark.{json,md}``.
@@ -28,6 +29,7 @@ request). Results go to ``data/08_reporting/serving_benchmark.{json,md}``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -37,6 +39,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -238,26 +241,20 @@ def served(base: str, images: list[bytes], single: int, clients: int, per_client
     }
 
 
-def serve_and_measure(
-    settings: ServingSettings,
-    precision: str,
-    threads: int | None,
-    images: list[bytes],
-    args: argparse.Namespace,
-) -> dict:
-    """The app started in ``precision``: what it serves, its answers measured (``args``' single,
-    clients and requests), its peak memory."""
+@contextlib.contextmanager
+def running_app(
+    settings: ServingSettings, precision: str, threads: int | None
+) -> Iterator[tuple[subprocess.Popen, str, str]]:
+    """The app started in ``precision`` for the block: its process, its address and the
+    precision it really serves (the gate may refuse a reduced one)."""
     port = _free_port()
     process = start_gunicorn(settings, precision, port, threads)
     base = f"http://127.0.0.1:{port}"
     try:
-        served_precision = requests.get(f"{base}/health", timeout=30).json()["precision"]
-        measured = served(base, images, args.single, args.clients, args.requests)
-        peak = _peak_rss_mb(process)
+        yield process, base, requests.get(f"{base}/health", timeout=30).json()["precision"]
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=60)
-    return {"served_precision": served_precision, **measured, "peak_rss_mb": peak}
 
 
 def median_round(rounds: list[dict]) -> dict:
@@ -409,12 +406,19 @@ def main() -> None:
     }
     raws = {p: raw_forward(model, int8, p, inputs, args.repeats) for p in precisions}
     rounds: dict[str, list[dict]] = {p: [] for p in precisions}
-    for turn in range(args.rounds):
-        for precision in precisions:
-            rounds[precision].append(serve_and_measure(settings, precision, threads, images, args))
-            print(f"round {turn + 1}, {precision}: {rounds[precision][-1]}", flush=True)
+    with contextlib.ExitStack() as stack:
+        # Each precision's app starts once and idles while another one is measured: a start
+        # costs a TensorFlow import and a model load, and a round a warm-up request.
+        apps = {p: stack.enter_context(running_app(settings, p, threads)) for p in precisions}
+        for turn in range(args.rounds):
+            for precision in precisions:
+                _, base, served_precision = apps[precision]
+                measured = served(base, images, args.single, args.clients, args.requests)
+                rounds[precision].append({"served_precision": served_precision, **measured})
+                print(f"round {turn + 1}, {precision}: {rounds[precision][-1]}", flush=True)
+        peaks = {p: _peak_rss_mb(process) for p, (process, _, _) in apps.items()}
     for precision in precisions:
-        measured = median_round(rounds[precision])
+        measured = median_round(rounds[precision]) | {"peak_rss_mb": peaks[precision]}
         served_precision = measured["served_precision"]
         reference = raws.get(served_precision)
         report["precisions"][precision] = {
