@@ -6,15 +6,14 @@ dependencies."""
 from __future__ import annotations
 
 import functools
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import grimp
 import pytest
 import yaml
+from kedro.framework.project import configure_project
 
+from chest_ct_classifier.pipeline_registry import register_pipelines
 from tests.conftest import PROJECT_ROOT
 
 PACKAGE = "chest_ct_classifier"
@@ -32,22 +31,9 @@ def stages() -> dict[str, dict]:
 
 @functools.cache
 def pipeline_datasets() -> dict[str, list[str]]:
-    """Each pipeline's dataset names (its nodes' inputs and outputs), read in one interpreter."""
-    script = (
-        "import json; from kedro.framework.project import configure_project; "
-        "configure_project('chest_ct_classifier'); "
-        "from chest_ct_classifier.pipeline_registry import register_pipelines; "
-        "print(json.dumps({k: sorted(p.datasets()) for k, p in register_pipelines().items()}))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    """Each pipeline's dataset names (its nodes' inputs and outputs)."""
+    configure_project(PACKAGE)  # find_pipelines needs the package's name
+    return {name: sorted(p.datasets()) for name, p in register_pipelines().items()}
 
 
 def catalog_dataset_modules(stage: str) -> set[str]:
