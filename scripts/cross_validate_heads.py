@@ -54,10 +54,14 @@ METRICS = (
 )  # fmt: skip
 
 
-def project_training_parameters() -> TrainingParameters:
-    """conf/base's training parameters, validated as a run validates them."""
+def project_training_parameters(phase2_max_epochs: int | None = None) -> TrainingParameters:
+    """conf/base's training parameters, ``training.phase2.max_epochs`` replaced when given,
+    validated as a run validates them."""
     loader = OmegaConfigLoader(str(PROJECT / "conf"), base_env="base", default_run_env="base")
-    return validate_parameters(loader["parameters"]).training
+    parameters = dict(loader["parameters"])
+    if phase2_max_epochs is not None:
+        parameters["training"]["phase2"]["max_epochs"] = phase2_max_epochs
+    return validate_parameters(parameters).training
 
 
 def grouped_folds(groups: np.ndarray, labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
@@ -216,10 +220,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     for path in (args.cache, args.model):
         if not path.exists():
             parser.error(f"{path} does not exist: run `kedro run` first (it writes both)")
-    parameters = project_training_parameters()
-    if args.phase2_max_epochs is not None:
-        phase2 = parameters.phase2.model_copy(update={"max_epochs": args.phase2_max_epochs})
-        parameters = parameters.model_copy(update={"phase2": phase2})
+    parameters = project_training_parameters(args.phase2_max_epochs)
     cache = ActivationCacheDataset(str(args.cache)).load()
     model = keras.saving.load_model(args.model, compile=False)
     report = cross_validate(cache, model, parameters, args.heads, args.folds, args.seed)

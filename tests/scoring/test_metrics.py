@@ -202,3 +202,5 @@ def test_macro_f1_is_scikit_learns_to_the_last_bit_row_by_row():
     truth, answers = rng.integers(0, 4, (50, 20)), rng.integers(0, 4, (50, 20))
     rows = macro_f1_of_rows(truth, answers)
     assert rows.tolist() == [macro_f1(t, a) for t, a in zip(truth, answers, strict=True)]
+    with pytest.raises(ValueError, match="one shape"):
+        macro_f1([0, 1, 2, 3], [0])  # scikit-learn refuses it too; broadcasting would score it

@@ -71,11 +71,23 @@ def test_the_markdown_shows_one_ece_without_a_temperature_and_both_with_one(
     assert ("uncalibrated" in text) is temperature_scaled(calibration)
 
 
-def _page(card: dict, tmp_path: Path) -> str:
+def _page(card: dict, tmp_path: Path, served: dict | None = None) -> str:
     app = create_app(ServingSettings(project_path=tmp_path, model_path=tmp_path / "none.keras"))
     labels = [{"label": label, "display_name": DISPLAY_NAMES[label]} for label in LABELS]
     with app.test_request_context("/model-card"):
-        return render_template("model_card.html", card=card, reason="", labels=labels)
+        return render_template(
+            "model_card.html", card=card, reason="", labels=labels, served=served
+        )
+
+
+def test_the_page_says_what_this_machine_serves_beside_the_cards_default(tmp_path):
+    card = _card(CHOSEN_NONE, 0.052, 0.052)
+    card["precision"] = {"served_by_default": "bf16", "reason": "auto: bf16 is the fastest"}
+    reason = "bf16 fails on this machine (AbortedError: no kernel): fp32"
+    page = _page(card, tmp_path, {"served": "fp32", "reason": reason})
+    assert "Served by default: bf16 (auto: bf16 is the fastest)." in page
+    assert f"Served here: fp32 ({reason})." in page
+    assert "Served here" not in _page(card, tmp_path)
 
 
 def test_the_page_shows_the_temperature_or_its_absence(tmp_path):

@@ -48,14 +48,15 @@ def test_folds_cover_train_and_valid_and_more_heads_share_the_first_heads_schedu
     script = _script()
     report = script.main([
         "--cache", str(folder / "activations.npz"), "--model", str(folder / "untrained.keras"),
-        "--heads", "1", "2", "--folds", "2", "--report", str(folder / "report" / "cv"),
+        "--heads", "1", "2", "--folds", "2", "--phase2-max-epochs", "0",
+        "--report", str(folder / "report" / "cv"),
     ])  # fmt: skip
     pool = np.isin(cache.split, ("train", "valid")) & ~cache.label_conflict
     assert report["images"] == len(np.unique(cache.content[pool]))
     assert set(report["summary"]) == {"1 head", "2 heads"}
     one, two = report["per_fold"]["1 head"], report["per_fold"]["2 heads"]
     assert [r["phase1_epochs"] for r in one] == [r["phase1_epochs"] for r in two]
-    assert all(r["phase2_epochs"] == 0 for r in one)  # training.phase2.max_epochs: 0
+    assert all(r["phase2_epochs"] == 0 for r in one)  # --phase2-max-epochs 0
     for record in one + two:
         assert 0.0 <= record["accuracy"] <= 1.0 and record["loss"] > 0
         assert 0.0 <= record["ece_cross_fitted"] <= 1.0
@@ -114,3 +115,13 @@ def test_the_cross_fitted_temperature_of_a_fold_comes_from_the_other_folds_alone
     assert records[0]["ece_cross_fitted"] == pytest.approx(
         expected_calibration_error(scale_probabilities(probabilities[0], expected), labels[0])
     )
+
+
+def test_phase2_epochs_come_from_the_project_unless_given_and_are_validated():
+    from chest_ct_classifier.config.parameters import ParameterError
+
+    script = _script()
+    assert script.project_training_parameters().phase2.max_epochs == 0  # conf/base
+    assert script.project_training_parameters(6).phase2.max_epochs == 6
+    with pytest.raises(ParameterError, match="max_epochs"):
+        script.project_training_parameters(-3)

@@ -3,7 +3,8 @@
 The model is one flat chain of layers (VGG16's ``block*`` layers, then ``head_*`` layers), so it
 can be cut at any layer: training runs the frozen part once per image and trains only what
 follows the cut on cached activations. Blocks 1-4 are always frozen; block 5 is frozen while the
-head learns (phase 1) and fine-tuned with it afterwards (phase 2).
+head learns (phase 1) and, when ``training.phase2.max_epochs`` asks for it (0 by default),
+fine-tuned with it afterwards (phase 2).
 """
 
 from __future__ import annotations

@@ -325,7 +325,7 @@ def choose_precision(
     path = paths.get(requested, {})
     if not path.get("passed"):
         return "fp32", (
-            f"{requested} requested, but it did not pass the accuracy gate "
+            f"{requested} requested, but it did not pass the gate "
             f"({path.get('reason', 'not checked')}): serving fp32"
         )
     return requested, f"{requested} requested; it passed the gate ({path['reason']})"
@@ -351,19 +351,19 @@ def select_forward(
         served, reason = "fp32", f"{reason}; but the int8 model file is missing: fp32"
     if served == "fp32":
         return forward_for(model, served), served, reason
+    stage = "could not be loaded"
     try:
         forward = forward_for(model, served, int8_model)
-    except Exception as exc:  # a broken int8 file must not stop anything: fp32 still works
-        logger.exception("Cannot build the %s forward pass", served)
-        reason = f"{served} could not be loaded ({failure_summary(exc)}): fp32"
-        return forward_for(model, "fp32"), "fp32", reason
-    try:
+        stage = "fails on this machine"
         size = image_size_of(model)
         forward(np.zeros((1, size, size, 3), np.float32))
-    except Exception as exc:
-        logger.exception("The %s forward pass fails on this machine", served)
-        reason = f"{served} fails on this machine ({failure_summary(exc)}): fp32"
-        return forward_for(model, "fp32"), "fp32", reason
+    except Exception as exc:  # a broken int8 file, no kernel for bf16: fp32 still works
+        logger.exception("The %s forward pass %s", served, stage)
+        return (
+            forward_for(model, "fp32"),
+            "fp32",
+            f"{served} {stage} ({failure_summary(exc)}): fp32",
+        )
     return forward, served, reason
 
 

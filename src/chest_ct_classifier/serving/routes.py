@@ -66,7 +66,10 @@ def model_card() -> ResponseReturnValue:
         served_model_card(model, state.settings) if model else (None, state.model_error or "")
     )
     labels = [{"label": label, "display_name": DISPLAY_NAMES[label]} for label in LABELS]
-    page = render_template("model_card.html", card=card, reason=reason, labels=labels)
+    served = model.info.precision if model else None  # this machine's, not the card's
+    page = render_template(
+        "model_card.html", card=card, reason=reason, labels=labels, served=served
+    )
     return page, 200 if card else 404
 
 

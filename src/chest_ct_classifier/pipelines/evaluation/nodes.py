@@ -590,7 +590,8 @@ def check_reduced_precisions(
     A reduced path passes when, on every split, it gives fp32's answer on every image fp32 is
     decided on (top-2 margin at least ``decided_margin``) and its accuracy is at most
     ``max_accuracy_drop`` below fp32's (``parameters.precision_gate``); the near ties that
-    flipped are counted. Speed: median
+    flipped are counted. A reduced path that cannot be built or run here fails the gate with
+    the error as its reason (and no ``splits`` or timings). Speed: median
     milliseconds per image in batches of ``timing_batch_size`` and of one, over
     ``timing_repeats`` runs.
 
@@ -643,31 +644,31 @@ def check_reduced_precisions(
     }
     for precision in PRECISIONS:
         path: dict[str, Any] = {}
-        try:
-            forward = fp32 if precision == "fp32" else forward_for(model, precision, int8_model)
-            if precision != "fp32":
-                path["splits"] = {
-                    split: agreement_with_fp32(
-                        reference[split], answers(forward, x), labels, decided_margin
-                    )
-                    for split, (x, labels) in inputs.items()
-                }
-                path["passed"], path["reason"] = passes_gate(
-                    path["splits"], decided_margin, max_drop
+        if precision == "fp32":
+            forward = fp32
+        else:
+            # A reduced path that cannot be built (a broken int8 file) or that this machine's
+            # libraries cannot run (oneDNN with no kernel for bfloat16 convolutions) did not
+            # pass: the run goes on, and fp32 is served.
+            stage = "be loaded"
+            try:
+                forward = forward_for(model, precision, int8_model)
+                stage = "run"
+                candidate = {split: answers(forward, x) for split, (x, _) in inputs.items()}
+            except Exception as exc:
+                logger.exception("The %s path could not %s", precision, stage)
+                reason = f"it could not {stage} on the evaluation machine ({failure_summary(exc)})"
+                report["paths"][precision] = {"passed": False, "reason": reason}
+                continue
+            path["splits"] = {
+                split: agreement_with_fp32(
+                    reference[split], candidate[split], labels, decided_margin
                 )
-            if timing_images is not None:
-                path |= _timings(forward, timing_images, gate)
-        except Exception as exc:
-            if precision == "fp32":
-                raise
-            # A reduced path that cannot be built or that this machine's libraries cannot run
-            # (oneDNN finding no kernel for bfloat16 convolutions) is one that did not pass:
-            # the run goes on, and fp32 is served.
-            logger.exception("The %s path failed on this machine", precision)
-            path = {
-                "passed": False,
-                "reason": f"it failed on this machine ({failure_summary(exc)})",
+                for split, (_, labels) in inputs.items()
             }
+            path["passed"], path["reason"] = passes_gate(path["splits"], decided_margin, max_drop)
+        if timing_images is not None:
+            path |= _timings(forward, timing_images, gate)
         report["paths"][precision] = path
         logger.info("Precision %s: %s; %s", precision, path.get("reason", "the reference"),
                     {k: v for k, v in path.items() if k.startswith("ms_")})  # fmt: skip
