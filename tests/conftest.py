@@ -102,6 +102,24 @@ def sample_images() -> dict[str, bytes]:
     }
 
 
+def bf16_without_a_kernel(monkeypatch: pytest.MonkeyPatch, module: Any, message: str) -> None:
+    """``module.forward_for`` as it is, except that the bf16 forward pass raises ``message`` when
+    called, as oneDNN does where it has no bfloat16 kernel (``ONEDNN_MAX_CPU_ISA=AVX2`` on a CPU
+    that advertises bfloat16)."""
+
+    def no_kernel(batch: Any) -> Any:
+        raise RuntimeError(message)
+
+    built = module.forward_for
+    monkeypatch.setattr(
+        module,
+        "forward_for",
+        lambda model, precision, *args: (
+            no_kernel if precision == "bf16" else built(model, precision, *args)
+        ),
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     """A real VGG16 classifier (HED weights) at 32 px: fast enough for unit tests."""

@@ -14,6 +14,7 @@ from chest_ct_classifier.model.numeric_precision import (
     passes_gate,
     traced_forward,
 )
+from tests.conftest import bf16_without_a_kernel
 
 
 @pytest.fixture(scope="module")
@@ -257,16 +258,10 @@ def test_a_reduced_path_that_fails_on_this_machine_serves_fp32(tiny_model, input
     from chest_ct_classifier.model import numeric_precision
     from chest_ct_classifier.model.numeric_precision import model_fingerprint, select_forward
 
-    def no_kernel(batch: np.ndarray) -> np.ndarray:
-        raise RuntimeError("could not create a primitive descriptor\nfor the convolution")
-
-    built = numeric_precision.forward_for
-    monkeypatch.setattr(
+    bf16_without_a_kernel(
+        monkeypatch,
         numeric_precision,
-        "forward_for",
-        lambda model, precision, *args: (
-            no_kernel if precision == "bf16" else built(model, precision, *args)
-        ),
+        "could not create a primitive descriptor\nfor the convolution",
     )
     paths = {**GATE["paths"], "bf16": {"passed": True, "ms_per_image": 100.0}, "int8": {}}
     gate = {"paths": paths, "model_fingerprint": model_fingerprint(tiny_model)}

@@ -18,7 +18,7 @@ from chest_ct_classifier.pipelines.evaluation.nodes import (
     plot_roc_curves,
 )
 from chest_ct_classifier.pipelines.training.nodes import train_classifier
-from tests.conftest import settings
+from tests.conftest import bf16_without_a_kernel, settings
 
 WEIGHTS = {
     "requested": "imagenet",
@@ -246,12 +246,12 @@ def test_grad_cam_examples_show_a_correct_and_a_wrong_answer_per_class(tiny_mode
     plt.close(figure)
 
 
-def test_reduced_precisions_are_checked_against_fp32_on_valid_and_test(tiny_model, sample_images):
+def _sample_table_and_readers(sample_images: dict[str, bytes]):
+    """The sample's image table (split and label from the folders, no conflicts) and a reader
+    of each file, as the evaluation pipeline's gate gets them."""
     import pandas as pd
 
     from chest_ct_classifier.images.labels import label_from_folder
-    from chest_ct_classifier.model.numeric_precision import int8_feature_extractor
-    from chest_ct_classifier.pipelines.evaluation.nodes import check_reduced_precisions
 
     table = pd.DataFrame(
         {"path": list(sample_images),
@@ -259,7 +259,14 @@ def test_reduced_precisions_are_checked_against_fp32_on_valid_and_test(tiny_mode
          "label": [label_from_folder(p.split("/")[2]) for p in sample_images],
          "label_conflict": False}
     )  # fmt: skip
-    images = {p: (lambda p=p: sample_images[p]) for p in sample_images}
+    return table, {p: (lambda p=p: sample_images[p]) for p in sample_images}
+
+
+def test_reduced_precisions_are_checked_against_fp32_on_valid_and_test(tiny_model, sample_images):
+    from chest_ct_classifier.model.numeric_precision import int8_feature_extractor
+    from chest_ct_classifier.pipelines.evaluation.nodes import check_reduced_precisions
+
+    table, images = _sample_table_and_readers(sample_images)
     params = settings(
         "evaluation",
         {"precision_gate": {"decided_margin": 0.05, "max_accuracy_drop": 0.01, "batch_size": 5,
@@ -292,29 +299,12 @@ def test_reduced_precisions_are_checked_against_fp32_on_valid_and_test(tiny_mode
 def test_a_reduced_path_that_cannot_run_here_fails_the_gate_and_the_run_goes_on(
     tiny_model, sample_images, monkeypatch
 ):
-    import pandas as pd
-
-    from chest_ct_classifier.images.labels import label_from_folder
     from chest_ct_classifier.pipelines.evaluation import nodes
 
-    def no_kernel(batch: np.ndarray) -> np.ndarray:
-        raise RuntimeError("could not create a primitive descriptor for the convolution")
-
-    built = nodes.forward_for
-    monkeypatch.setattr(
-        nodes,
-        "forward_for",
-        lambda model, precision, *args: (
-            no_kernel if precision == "bf16" else built(model, precision, *args)
-        ),
+    bf16_without_a_kernel(
+        monkeypatch, nodes, "could not create a primitive descriptor for the convolution"
     )
-    table = pd.DataFrame(
-        {"path": list(sample_images),
-         "split": [p.split("/")[1] for p in sample_images],
-         "label": [label_from_folder(p.split("/")[2]) for p in sample_images],
-         "label_conflict": False}
-    )  # fmt: skip
-    images = {p: (lambda p=p: sample_images[p]) for p in sample_images}
+    table, images = _sample_table_and_readers(sample_images)
     params = settings(
         "evaluation", {"precision_gate": {"timing_batch_size": 2, "timing_repeats": 1}}
     )
