@@ -8,6 +8,7 @@ import logging
 import mlflow
 import pytest
 from kedro.framework.hooks import _create_hook_manager
+from kedro.pipeline import Pipeline, node, pipeline
 from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
 
 from chest_ct_classifier import hooks
@@ -203,3 +204,37 @@ def test_a_second_run_of_the_project_is_refused_naming_the_first(tmp_path):
     second.before_pipeline_run()
     second.on_pipeline_error()
     assert (tmp_path / RUN_LOCK_FILE).is_file()
+
+
+class _Context:
+    def __init__(self, spark: dict | None) -> None:
+        self.config_loader = {} if spark is None else {"spark": spark}
+
+
+def _pipeline(*tags: str) -> Pipeline:
+    return pipeline([node(lambda: 1, inputs=None, outputs="x", name="n", tags=list(tags))])
+
+
+@pytest.mark.parametrize("spark_yml", [None, {"spark.master": "local[2]"}])
+def test_spark_starts_only_for_runs_with_spark_nodes_with_the_configured_properties(
+    monkeypatch, spark_yml
+):
+    started = []
+    monkeypatch.setattr(hooks, "spark_session", started.append)
+    hook = hooks.SparkHook()
+    hook.after_context_created(_Context(spark_yml))
+    hook.before_pipeline_run(_pipeline("training"))
+    assert started == []  # training needs no Java
+    hook.before_pipeline_run(_pipeline(hooks.SPARK_TAG))
+    assert started == [spark_yml or {}]
+
+
+def test_spark_that_cannot_start_says_what_to_install(monkeypatch):
+    from pyspark.sql import SparkSession
+
+    def no_java(self):
+        raise RuntimeError("Java gateway process exited before sending its port number")
+
+    monkeypatch.setattr(type(SparkSession.builder), "getOrCreate", no_java)
+    with pytest.raises(RuntimeError, match=r"Spark could not start.*Java runtime 17"):
+        hooks.spark_session({"spark.master": "local[1]"})

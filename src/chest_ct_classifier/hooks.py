@@ -19,17 +19,25 @@ reading it through ``MlflowClient`` (the run has ended by then).
 Runs that register nothing (``--pipelines data_ingestion``, the inference pipeline, for which
 kedro-mlflow starts no run) leave it silent. The gate never fails a successful run: any error is
 logged at ERROR level and the run's result stands.
+
+``SparkHook`` starts the SparkSession of ``conf/<env>/spark.yml`` (``local[*]`` by default, any
+master in ``spark.master`` or a Spark Connect server in ``spark.remote``) before runs with Spark
+nodes only: Kedro's PySpark starter starts it for every run, and training would need Java for
+nothing.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import mlflow
+from kedro.config import MissingConfigException
 from kedro.framework.hooks import hook_impl
 
 try:
@@ -39,6 +47,7 @@ except ImportError:  # Windows: no flock; runs are not locked there
 from mlflow import MlflowClient
 from pydantic import BaseModel
 
+from chest_ct_classifier.config.batch_scoring import SPARK_TAG
 from chest_ct_classifier.config.parameters import validate_parameters
 from chest_ct_classifier.redaction import RedactingFilter, redact_values
 from chest_ct_classifier.registry.champion_gate import (
@@ -290,3 +299,57 @@ class RunLockHook:
         if self._held is not None:
             self._held.close()  # closing the file ends the lock
             self._held = None
+
+
+def spark_session(config: Mapping[str, Any]):  # -> pyspark.sql.SparkSession
+    """The session the configuration describes (started once; later calls get the same one).
+
+    On a local master the Python workers run this interpreter (the project's environment)
+    unless ``PYSPARK_PYTHON`` says otherwise; on a cluster, each executor needs the
+    registered model's requirements (docs/batch-scoring.md).
+
+    Raises:
+        RuntimeError: Java is missing or Spark cannot start; says what to install.
+    """
+    from pyspark.sql import SparkSession  # noqa: PLC0415 (only runs that score on Spark)
+
+    settings = {str(key): str(value) for key, value in config.items()}
+    remote = settings.pop("spark.remote", None)
+    builder = SparkSession.builder
+    if remote:
+        builder = builder.remote(remote)
+    else:
+        settings.setdefault("spark.master", "local[*]")
+        if settings["spark.master"].startswith("local"):
+            # pyspark starts its Python workers with PYSPARK_PYTHON (default: python3 on PATH)
+            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    try:
+        return builder.getOrCreate()
+    except Exception as exc:  # py4j and Spark raise many types when Java is missing or broken
+        raise RuntimeError(
+            f"Spark could not start ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). "
+            "Spark needs a Java runtime 17 or newer: `apt-get install openjdk-17-jre-headless` "
+            "(Debian), or set JAVA_HOME."
+        ) from exc
+
+
+class SparkHook:
+    """Starts the SparkSession of ``conf/<env>/spark.yml`` before a run whose pipeline has
+    Spark nodes (tag ``spark``), and only then: training needs no Java."""
+
+    def __init__(self) -> None:
+        self._config: dict[str, Any] = {}
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        try:
+            self._config = dict(context.config_loader["spark"])
+        except (KeyError, MissingConfigException):
+            self._config = {}
+
+    @hook_impl
+    def before_pipeline_run(self, pipeline) -> None:
+        if any(SPARK_TAG in node.tags for node in pipeline.nodes):
+            spark_session(self._config)

@@ -12,8 +12,8 @@ from chest_ct_classifier.hooks import (
     ParameterValidationHook,
     ReleaseHook,
     RunLockHook,
+    SparkHook,
 )
-from chest_ct_classifier.pipelines.batch_scoring.spark_session import SparkHook
 
 # Telemetry tries the network at every command; this project runs offline by default.
 for _variable, _value in (

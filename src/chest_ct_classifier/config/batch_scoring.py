@@ -6,6 +6,10 @@ from pydantic import Field
 
 from chest_ct_classifier.config.base import Settings
 
+SPARK_TAG = "spark"
+"""Nodes tagged with it need a SparkSession: ``hooks.SparkHook`` starts one only for runs that
+have them."""
+
 
 class BatchScoringParameters(Settings):
     input_path: str = Field(min_length=1)

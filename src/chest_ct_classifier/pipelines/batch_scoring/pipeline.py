@@ -3,8 +3,9 @@ file in ``spark_udf``; Parquet for any size, and the same CSV as the local pipel
 
 from kedro.pipeline import Pipeline, node, pipeline
 
+from chest_ct_classifier.config.batch_scoring import SPARK_TAG
+
 from .nodes import predictions_table, score_on_spark
-from .spark_session import SPARK_TAG
 
 
 def create_pipeline(**kwargs) -> Pipeline:
