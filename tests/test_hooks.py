@@ -4,6 +4,7 @@ that register a model version and runs that do not (real MLflow, temporary SQLit
 from __future__ import annotations
 
 import logging
+import sys
 
 import mlflow
 import pytest
@@ -229,8 +230,27 @@ def test_spark_starts_only_for_runs_with_spark_nodes_with_the_configured_propert
     assert started == [spark_yml or {}]
 
 
+def test_only_batch_scoring_has_spark_nodes_and_spark_yml_is_read():
+    from kedro.config import OmegaConfigLoader
+    from kedro.framework.project import configure_project, pipelines
+
+    from chest_ct_classifier.settings import CONFIG_LOADER_ARGS
+    from tests.conftest import PROJECT_ROOT
+
+    configure_project("chest_ct_classifier")
+    pipelines.set_requested(None)
+    with_spark = {
+        name for name, p in pipelines.items() if any(hooks.SPARK_TAG in n.tags for n in p.nodes)
+    }
+    assert with_spark == {"batch_scoring"}
+    loader = OmegaConfigLoader(str(PROJECT_ROOT / "conf"), **CONFIG_LOADER_ARGS)
+    assert loader["spark"]["spark.app.name"] == "chest-ct-batch-scoring"
+
+
 def test_spark_that_cannot_start_says_what_to_install(monkeypatch):
     from pyspark.sql import SparkSession
+
+    monkeypatch.setenv("PYSPARK_PYTHON", sys.executable)  # set by a local master; restored
 
     def no_java(self):
         raise RuntimeError("Java gateway process exited before sending its port number")
