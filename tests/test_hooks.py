@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from types import SimpleNamespace
 
 import mlflow
 import pytest
@@ -207,11 +208,6 @@ def test_a_second_run_of_the_project_is_refused_naming_the_first(tmp_path):
     assert (tmp_path / RUN_LOCK_FILE).is_file()
 
 
-class _Context:
-    def __init__(self, spark: dict | None) -> None:
-        self.config_loader = {} if spark is None else {"spark": spark}
-
-
 def _pipeline(*tags: str) -> Pipeline:
     return pipeline([node(lambda: 1, inputs=None, outputs="x", name="n", tags=list(tags))])
 
@@ -223,28 +219,13 @@ def test_spark_starts_only_for_runs_with_spark_nodes_with_the_configured_propert
     started = []
     monkeypatch.setattr(hooks, "spark_session", started.append)
     hook = hooks.SparkHook()
-    hook.after_context_created(_Context(spark_yml))
+    hook.after_context_created(
+        SimpleNamespace(config_loader={} if spark_yml is None else {"spark": spark_yml})
+    )
     hook.before_pipeline_run(_pipeline("training"))
     assert started == []  # training needs no Java
     hook.before_pipeline_run(_pipeline(hooks.SPARK_TAG))
     assert started == [spark_yml or {}]
-
-
-def test_only_batch_scoring_has_spark_nodes_and_spark_yml_is_read():
-    from kedro.config import OmegaConfigLoader
-    from kedro.framework.project import configure_project, pipelines
-
-    from chest_ct_classifier.settings import CONFIG_LOADER_ARGS
-    from tests.conftest import PROJECT_ROOT
-
-    configure_project("chest_ct_classifier")
-    pipelines.set_requested(None)
-    with_spark = {
-        name for name, p in pipelines.items() if any(hooks.SPARK_TAG in n.tags for n in p.nodes)
-    }
-    assert with_spark == {"batch_scoring"}
-    loader = OmegaConfigLoader(str(PROJECT_ROOT / "conf"), **CONFIG_LOADER_ARGS)
-    assert loader["spark"]["spark.app.name"] == "chest-ct-batch-scoring"
 
 
 def test_spark_that_cannot_start_says_what_to_install(monkeypatch):

@@ -1,7 +1,11 @@
+from kedro.config import OmegaConfigLoader
 from kedro.framework.project import configure_project, pipelines
 
+from chest_ct_classifier.config.batch_scoring import SPARK_TAG
 from chest_ct_classifier.images.preprocessing import bytes_from_base64, preprocess_image_bytes
 from chest_ct_classifier.pipeline_registry import TRAINING_FLOW, logged_input_example
+from chest_ct_classifier.settings import CONFIG_LOADER_ARGS
+from tests.conftest import PROJECT_ROOT
 
 
 def test_every_pipeline_is_registered_and_default_is_the_training_flow():
@@ -54,3 +58,14 @@ def test_the_input_example_is_a_request_of_one_readable_image():
     assert list(example.columns) == ["image"] and len(example) == 1
     image = preprocess_image_bytes(bytes_from_base64(example["image"][0]), 64)
     assert image.shape == (64, 64, 3)
+
+
+def test_only_batch_scoring_has_spark_nodes_and_spark_yml_is_read():
+    configure_project("chest_ct_classifier")
+    pipelines.set_requested(None)
+    with_spark = {
+        name for name, p in pipelines.items() if any(SPARK_TAG in n.tags for n in p.nodes)
+    }
+    assert with_spark == {"batch_scoring"}
+    loader = OmegaConfigLoader(str(PROJECT_ROOT / "conf"), **CONFIG_LOADER_ARGS)
+    assert loader["spark"]["spark.app.name"] == "chest-ct-batch-scoring"

@@ -3,10 +3,7 @@ stage's start), loads no TensorFlow: the pipelines that need it import it when t
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
-from tests.conftest import PROJECT_ROOT
+from tests.conftest import PROJECT_ROOT, run_tool
 
 
 def test_the_project_settings_import_no_tensorflow():
@@ -14,12 +11,5 @@ def test_the_project_settings_import_no_tensorflow():
         "import sys, chest_ct_classifier.settings; "
         "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    result = run_tool(PROJECT_ROOT, "python", "-c", script)
     assert result.stdout.strip().splitlines()[-1] == "[]"
