@@ -26,6 +26,7 @@ def _cache(n_views: int = 2) -> ActivationCache:
         view_content=np.array([0], np.int64),
         view_activations=rng.normal(size=(1, n_views, 2, 2, 8)).astype(np.float16),
         view_features=rng.normal(size=(1, n_views, 24)).astype(np.float16),
+        features_fingerprint=np.asarray("0123456789abcdef"),
     )
 
 

@@ -256,7 +256,8 @@ def test_a_reduced_path_that_fails_on_this_machine_serves_fp32(tiny_model, input
     # the gate passed bf16 on the machine that trained; here oneDNN has no kernel for it (as
     # with ONEDNN_MAX_CPU_ISA=AVX2 on a CPU whose instructions advertise bfloat16)
     from chest_ct_classifier.model import numeric_precision
-    from chest_ct_classifier.model.numeric_precision import model_fingerprint, select_forward
+    from chest_ct_classifier.model.architecture import model_fingerprint
+    from chest_ct_classifier.model.numeric_precision import select_forward
 
     bf16_without_a_kernel(
         monkeypatch,

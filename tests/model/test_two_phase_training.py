@@ -11,6 +11,7 @@ from chest_ct_classifier.model.architecture import (
 from chest_ct_classifier.model.two_phase_training import (
     CachedImages,
     balanced_class_weights,
+    scores,
     train_two_phase,
 )
 from tests.conftest import settings
@@ -122,6 +123,24 @@ def test_a_phase_that_only_makes_things_worse_keeps_its_starting_weights(tiny_mo
     np.testing.assert_allclose(
         trained.get_layer("head_norm").moving_mean.numpy(), features.mean(axis=0), rtol=1e-5
     )
+
+
+def test_a_phase_2_of_no_epochs_keeps_phase_1s_weights_and_monitor_scores(tiny_model, data):
+    train, monitor = data
+    params = settings("training", {**OVERRIDES, "phase2": {"max_epochs": 0}})
+    trained, phases = train_two_phase(tiny_model, train, params, monitor=monitor)
+    assert (phases["phase2"].epochs_run, phases["phase2"].best_epoch) == (0, 0)
+    kept = phases["phase2"].scores_kept()
+    assert set(kept) == {"monitor_loss", "monitor_accuracy", "monitor_macro_f1"}
+    # they are the whole model's scores on the monitor images, and phase 1's kept ones
+    probabilities = np.asarray(model_after(trained, CACHED_LAYER)(monitor.activations))
+    assert kept["monitor_loss"] == pytest.approx(
+        scores(monitor.labels, probabilities)["loss"], rel=1e-4
+    )
+    assert kept["monitor_loss"] == phases["phase1"].scores_kept()["monitor_loss"]
+    for before, after in zip(tiny_model.weights, trained.weights, strict=True):
+        if before.path.startswith("block5"):
+            np.testing.assert_array_equal(before.numpy(), after.numpy())
 
 
 def test_training_is_reproducible_with_a_seed(tiny_model, data):

@@ -39,8 +39,11 @@ def train_small_model(path: Path, epochs: int, seed: int) -> Path:
 
     from chest_ct_classifier.datasets.activation_cache_dataset import OodDetectorDataset
     from chest_ct_classifier.images.preprocessing import preprocess_image_bytes
-    from chest_ct_classifier.model.architecture import build_classifier, feature_extractor
-    from chest_ct_classifier.model.numeric_precision import model_fingerprint
+    from chest_ct_classifier.model.architecture import (
+        build_classifier,
+        feature_extractor,
+        model_fingerprint,
+    )
     from chest_ct_classifier.model.ood import fit_detector
     from chest_ct_classifier.model.pretrained_weights import load_hed_conv_weights
 

@@ -15,7 +15,12 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from chest_ct_classifier.model.architecture import CACHED_LAYER, model_after
+from chest_ct_classifier.model.architecture import (
+    CACHED_LAYER,
+    FEATURE_LAYER,
+    model_after,
+    model_fingerprint,
+)
 from chest_ct_classifier.model.two_phase_training import (  # noqa: F401 (cached_*: re-exported)
     CachedImages,
     cached_features,
@@ -43,6 +48,8 @@ class ActivationCache:
         view_content: (A,) int64, the contents that have augmented views.
         view_activations: (A, V, h, w, c) float16, block 4's output of each view.
         view_features: (A, V, d) float16, the head's input vector of each view.
+        features_fingerprint: () str, :func:`features_fingerprint` of the model that computed
+            ``features`` and ``view_features``.
     """
 
     path: np.ndarray
@@ -58,6 +65,7 @@ class ActivationCache:
     view_content: np.ndarray
     view_activations: np.ndarray
     view_features: np.ndarray
+    features_fingerprint: np.ndarray
 
     def __post_init__(self) -> None:
         rows = {name: len(getattr(self, name)) for name in _ROW_FIELDS}
@@ -125,13 +133,38 @@ def cached_images(
     )
 
 
+def features_fingerprint(model: keras.Model) -> str:
+    """``model_fingerprint`` of the layers that make the head's input vector of block 4's output
+    (block 5): two models with the same one make the same vectors of the same activations."""
+    return model_fingerprint(model_after(model, CACHED_LAYER, until=FEATURE_LAYER))
+
+
+def cached_features_are_the_models(model: keras.Model, cache: ActivationCache) -> bool:
+    """Whether the cache's head input vectors are the model's: its block 5 is the one that
+    computed them (phase 2 did not fine-tune it). Then they need not be computed again."""
+    return str(cache.features_fingerprint) == features_fingerprint(model)
+
+
+def content_features(
+    model: keras.Model, cache: ActivationCache, content: np.ndarray, batch_size: int
+) -> np.ndarray:
+    """The model's head input vectors for some contents: the cache's own when they are the
+    model's (measured: the same bits as computing them again), else computed from the cached
+    block-4 activations."""
+    if cached_features_are_the_models(model, cache):
+        return cache.features[content]
+    return cached_features(model, cache.activations[content], batch_size)
+
+
 def content_probabilities(
     model: keras.Model, cache: ActivationCache, content: np.ndarray, batch_size: int
 ) -> np.ndarray:
-    """The model's class probabilities for some contents, from their cached block-4
-    activations: the same computation as the whole model on the images."""
+    """The model's class probabilities for some contents, from their cached activations: the
+    same computation as the whole model on the images."""
     return predict_in_batches(
-        model_after(model, CACHED_LAYER), cache.activations[content], batch_size
+        model_after(model, FEATURE_LAYER),
+        content_features(model, cache, content, batch_size),
+        batch_size,
     )
 
 

@@ -9,6 +9,7 @@ fine-tuned with it afterwards (phase 2).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import keras
@@ -155,3 +156,12 @@ def set_block_trainable(model: keras.Model, block: str, trainable: bool) -> None
         raise ValueError(f"the model has no layers of {block}")
     for layer in layers:
         layer.trainable = trainable
+
+
+def model_fingerprint(model: keras.Model) -> str:
+    """A digest of the model's weights: reports and detectors name the model they were made for
+    by it, and the activation cache the weights that computed its features."""
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
+    return digest.hexdigest()[:16]

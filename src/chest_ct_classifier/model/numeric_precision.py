@@ -35,7 +35,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from chest_ct_classifier.model.architecture import FEATURE_LAYER, image_size_of, model_after
+from chest_ct_classifier.model.architecture import (
+    FEATURE_LAYER,
+    image_size_of,
+    model_after,
+    model_fingerprint,
+)
 
 PRECISIONS = ("fp32", "bf16", "int8")
 AUTO = "auto"
@@ -67,14 +72,6 @@ def median_seconds(call: Callable[[], object], repeats: int) -> float:
         call()
         times.append(time.perf_counter() - start)
     return float(np.median(times))
-
-
-def model_fingerprint(model: keras.Model) -> str:
-    """A digest of the model's weights: the gate report names the model it checked by it."""
-    digest = hashlib.sha256()
-    for weight in model.weights:
-        digest.update(np.ascontiguousarray(weight.numpy()).tobytes())
-    return digest.hexdigest()[:16]
 
 
 def int8_fingerprint(int8_model: bytes) -> str:

@@ -41,7 +41,7 @@ class OodDetector:
     precision: (d, d) inverse of the shared, shrunk covariance of standardized features.
     threshold: scores above it are out of distribution.
     target_false_rejection: the share of held-out in-distribution images above ``threshold``.
-    model_fingerprint: the weights the features came from (``numeric_precision``).
+    model_fingerprint: the weights the features came from (``architecture.model_fingerprint``).
     """
 
     center: np.ndarray

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from chest_ct_classifier.config.training import PhaseSettings, TrainingParameters
 from chest_ct_classifier.model.architecture import (
@@ -268,6 +269,17 @@ def _train_two_phase(
         stop_on,
     )
 
+    phase2_epochs = epochs[1] if epochs else parameters.phase2.max_epochs
+    if phase2_epochs == 0:
+        # Nothing to fine-tune: the weights kept are phase 1's, and so are the monitor's scores
+        # (block 5 is the one that computed the features phase 1 was monitored on).
+        skipped = PhaseResult()
+        if monitor is not None and not epochs:
+            skipped.start = {
+                k: v for k, v in phase1.scores_kept().items() if k.startswith("monitor_")
+            }
+        return trained, {"phase1": phase1, "phase2": skipped}
+
     # Phase 2: block 5 and the head, one random view (or the original) per image and epoch.
     # Batch normalization stays in inference mode (frozen statistics, as Keras' fine-tuning
     # guide advises): re-estimating them while block 5 moves shifts what the head was fitted on.
@@ -325,6 +337,10 @@ def _run_phase(
         optimizer=keras.optimizers.Adam(learning_rate=settings.learning_rate),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
+        # one device: a whole epoch per call into the traced step, the same updates (measured:
+        # the same weights to the bit) without Python's overhead between small batches; a
+        # mirrored strategy's distributed dataset is stepped one batch per call
+        steps_per_execution=1 if tf.distribute.has_strategy() else -(-len(labels) // batch_size),
     )
     early_stopping = fixed_epochs is None and monitor is not None
     max_epochs = settings.max_epochs if fixed_epochs is None else int(fixed_epochs)

@@ -32,13 +32,12 @@ from chest_ct_classifier.images.preprocessing import (
     SliceSource,
     prepare_images,
 )
-from chest_ct_classifier.model.architecture import OUTPUT_LAYER, image_size_of
+from chest_ct_classifier.model.architecture import OUTPUT_LAYER, image_size_of, model_fingerprint
 from chest_ct_classifier.model.explanation import CAM_LAYER, grad_cam, overlay_heatmap
 from chest_ct_classifier.model.numeric_precision import (
     AUTO,
     PRECISIONS,
     Forward,
-    model_fingerprint,
     select_forward,
     traced_forward,
 )
@@ -93,7 +92,7 @@ class ModelInfo:
     precision: dict[str, Any] | None = None
     """The precision served, the one requested, why, and which reduced ones passed the gate."""
     fingerprint: str | None = None
-    """A digest of the weights (``numeric_precision.model_fingerprint``): which model answered."""
+    """A digest of the weights (``architecture.model_fingerprint``): which model answered."""
     ood_detector: dict[str, Any] | None = None
     """The out-of-distribution detector used (method, threshold, target false-rejection rate);
     None when there is none for this model: answers then say the check was not made."""

@@ -5,7 +5,11 @@ import numpy as np
 import pytest
 
 from chest_ct_classifier.images.labels import LABELS
-from chest_ct_classifier.model.activation_cache import ActivationCache, cached_features
+from chest_ct_classifier.model.activation_cache import (
+    ActivationCache,
+    cached_features,
+    features_fingerprint,
+)
 from chest_ct_classifier.model.architecture import build_classifier
 from chest_ct_classifier.model.calibration import apply_temperature
 from chest_ct_classifier.pipelines.evaluation.nodes import (
@@ -56,6 +60,7 @@ def cache(tiny_model):
         view_content=np.arange(8),
         view_activations=views[:, None],
         view_features=cached_features(tiny_model, views, 4).astype(np.float16)[:, None],
+        features_fingerprint=np.asarray(features_fingerprint(tiny_model)),
     )
 
 
@@ -290,7 +295,7 @@ def test_reduced_precisions_are_checked_against_fp32_on_valid_and_test(tiny_mode
         assert logged[f"{precision}_valid_agreement"] == [{"value": valid_agreement, "step": 0}]
     assert report["fastest_passing"] in ("fp32", "bf16", "int8")
     assert report["gate"] == {"decided_margin": 0.05, "max_accuracy_drop": 0.01}
-    from chest_ct_classifier.model.numeric_precision import model_fingerprint
+    from chest_ct_classifier.model.architecture import model_fingerprint
 
     assert report["model_fingerprint"] == model_fingerprint(tiny_model)
     assert len(report["int8_fingerprint"]) == 16
@@ -330,7 +335,7 @@ def test_the_ood_detector_is_fitted_on_train_and_measured_on_what_it_never_chose
     tiny_model, sample_images
 ):
     from chest_ct_classifier.datasets.reference_images_dataset import ReferenceImagesDataset
-    from chest_ct_classifier.model.numeric_precision import model_fingerprint
+    from chest_ct_classifier.model.architecture import model_fingerprint
     from chest_ct_classifier.pipelines.evaluation.nodes import measure_ood_detector
     from chest_ct_classifier.pipelines.training.nodes import fit_ood_detector
 

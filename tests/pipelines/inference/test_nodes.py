@@ -133,8 +133,7 @@ def _detector_of(model, sample_images):
     threshold set on the valid ones (as training does with its hold-out)."""
     from chest_ct_classifier.images.labels import label_from_folder
     from chest_ct_classifier.images.preprocessing import preprocess_image_bytes
-    from chest_ct_classifier.model.architecture import feature_extractor
-    from chest_ct_classifier.model.numeric_precision import model_fingerprint
+    from chest_ct_classifier.model.architecture import feature_extractor, model_fingerprint
     from chest_ct_classifier.model.ood import fit_detector
 
     features = feature_extractor(model)

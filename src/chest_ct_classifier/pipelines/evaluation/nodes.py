@@ -28,13 +28,14 @@ from chest_ct_classifier.images.preprocessing import (
 )
 from chest_ct_classifier.model.activation_cache import (
     ActivationCache,
-    cached_features,
+    content_features,
     row_probabilities,
 )
 from chest_ct_classifier.model.architecture import (
     FEATURE_LAYER,
     feature_extractor,
     image_size_of,
+    model_fingerprint,
 )
 from chest_ct_classifier.model.batches import map_batches
 from chest_ct_classifier.model.calibration import (
@@ -54,7 +55,6 @@ from chest_ct_classifier.model.numeric_precision import (
     forward_for,
     int8_fingerprint,
     median_seconds,
-    model_fingerprint,
     passes_gate,
 )
 from chest_ct_classifier.model.ood import METHOD as OOD_METHOD
@@ -275,7 +275,7 @@ def measure_ood_detector(
         if not rows.any():
             continue
         content, inverse = np.unique(cache.content[rows], return_inverse=True)
-        scores = detector.scores(cached_features(model, cache.activations[content], batch))
+        scores = detector.scores(content_features(model, cache, content, batch))
         scores = scores[inverse]
         implausible = np.array([
             prepare_image(images[p](), size, dicom_window=dicom_window).input_problem is not None

@@ -24,9 +24,9 @@ from chest_ct_classifier.images.preprocessing import (
     prepare_images,
     slice_source_of,
 )
-from chest_ct_classifier.model.architecture import image_size_of
+from chest_ct_classifier.model.architecture import image_size_of, model_fingerprint
 from chest_ct_classifier.model.batches import map_batches
-from chest_ct_classifier.model.numeric_precision import Forward, model_fingerprint, select_forward
+from chest_ct_classifier.model.numeric_precision import Forward, select_forward
 from chest_ct_classifier.model.ood import (
     OK,
     OUT_OF_DISTRIBUTION,

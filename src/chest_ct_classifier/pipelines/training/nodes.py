@@ -20,11 +20,13 @@ from chest_ct_classifier.images.preprocessing import decode_image, image_to_arra
 from chest_ct_classifier.images.splitting import grouped_split
 from chest_ct_classifier.model.activation_cache import (
     ActivationCache,
-    cached_features,
+    cached_features_are_the_models,
     cached_images,
     cached_view_features,
+    content_features,
     content_probabilities,
     contents_of,
+    features_fingerprint,
 )
 from chest_ct_classifier.model.architecture import (
     CACHED_LAYER,
@@ -32,6 +34,7 @@ from chest_ct_classifier.model.architecture import (
     feature_extractor,
     image_size_of,
     model_after,
+    model_fingerprint,
 )
 from chest_ct_classifier.model.batches import map_batches
 from chest_ct_classifier.model.calibration import (
@@ -40,7 +43,6 @@ from chest_ct_classifier.model.calibration import (
     fit_temperature,
     scale_probabilities,
 )
-from chest_ct_classifier.model.numeric_precision import model_fingerprint
 from chest_ct_classifier.model.ood import OodDetector, fit_detector
 from chest_ct_classifier.model.two_phase_training import PhaseResult, train_heads
 
@@ -121,6 +123,7 @@ def cache_activations(
         view_content=view_content.astype(np.int64),
         view_activations=view_activations,
         view_features=view_features,
+        features_fingerprint=np.asarray(features_fingerprint(model)),
     )
 
 
@@ -334,18 +337,22 @@ def fit_ood_detector(
     if len(content) == 0:
         raise ValueError("no train images outside the hold-out to fit the detector on")
     batch = parameters.batch_size
-    train_features = [cached_features(model, cache.activations[content], batch)]
+    train_features = [content_features(model, cache, content, batch)]
     train_labels = [labels]
     with_views = np.isin(content, cache.view_content)
     if cache.n_views and with_views.any():
         at = np.searchsorted(cache.view_content, content[with_views])
-        views = cached_view_features(model, cache.view_activations[at], batch)  # (m, V, d)
+        views = (  # (m, V, d): the vectors the head was trained on
+            cache.view_features[at].astype(np.float32)
+            if cached_features_are_the_models(model, cache)
+            else cached_view_features(model, cache.view_activations[at], batch)
+        )
         train_features.append(views.reshape(-1, views.shape[-1]))
         train_labels.append(np.repeat(labels[with_views], cache.n_views))
     detector = fit_detector(
         np.concatenate(train_features),
         np.concatenate(train_labels),
-        cached_features(model, cache.activations[held_out_content], batch),
+        content_features(model, cache, held_out_content, batch),
         parameters.ood.target_false_rejection,
         model_fingerprint(model),
     )
