@@ -35,8 +35,12 @@ help: ## list the commands
 
 setup: $(VENV)/.installed ## create .venv/ with the locked versions (project + dev tools)
 
+# --compile-bytecode: the packages' .pyc files are written once here (about 20 s), not left to
+# each new Python process, which cannot write them where PYTHONDONTWRITEBYTECODE is set (this
+# machine's image and CI's): every kedro run, app and test subprocess would compile
+# TensorFlow's and Keras' sources again, about 10 s each.
 $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --locked --python $(PYTHON)
+	$(UV) sync --locked --compile-bytecode --python $(PYTHON)
 	@scripts/ensure_system_packages.sh
 	@touch $@
 

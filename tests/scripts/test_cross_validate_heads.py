@@ -74,12 +74,13 @@ def test_test_images_change_nothing(files, tiny_model):
     )
     test = cache.split == "test"
     poisoned = cache.with_rows(label=np.where(test, (cache.label + 1) % 4, cache.label))
-    # and the activations of every content only test holds
+    # and the activations and head input vectors of every content only test holds
     contents = np.setdiff1d(cache.content[test], cache.content[~test])
     assert len(contents) > 0
-    activations = cache.activations.copy()
+    activations, features = cache.activations.copy(), cache.features.copy()
     activations[contents] = activations[contents][::-1] * 3.0
-    poisoned = poisoned.with_rows(activations=activations)
+    features[contents] = features[contents][::-1] * 3.0
+    poisoned = poisoned.with_rows(activations=activations, features=features)
     model = keras.models.clone_model(tiny_model)
     model.set_weights(tiny_model.get_weights())
     ours = script.cross_validate(cache, model, parameters, [1], 2, 0)

@@ -21,7 +21,7 @@ from chest_ct_classifier.model.architecture import (
     model_after,
     model_fingerprint,
 )
-from chest_ct_classifier.model.two_phase_training import (  # noqa: F401 (cached_*: re-exported)
+from chest_ct_classifier.model.two_phase_training import (
     CachedImages,
     cached_features,
     cached_view_features,
@@ -139,7 +139,7 @@ def features_fingerprint(model: keras.Model) -> str:
     return model_fingerprint(model_after(model, CACHED_LAYER, until=FEATURE_LAYER))
 
 
-def cached_features_are_the_models(model: keras.Model, cache: ActivationCache) -> bool:
+def _cached_features_are_the_models(model: keras.Model, cache: ActivationCache) -> bool:
     """Whether the cache's head input vectors are the model's: its block 5 is the one that
     computed them (phase 2 did not fine-tune it). Then they need not be computed again."""
     return str(cache.features_fingerprint) == features_fingerprint(model)
@@ -151,9 +151,20 @@ def content_features(
     """The model's head input vectors for some contents: the cache's own when they are the
     model's (measured: the same bits as computing them again), else computed from the cached
     block-4 activations."""
-    if cached_features_are_the_models(model, cache):
+    if _cached_features_are_the_models(model, cache):
         return cache.features[content]
     return cached_features(model, cache.activations[content], batch_size)
+
+
+def content_view_features(
+    model: keras.Model, cache: ActivationCache, at: np.ndarray, batch_size: int
+) -> np.ndarray:
+    """:func:`content_features` of the augmented views at positions ``at`` of
+    ``cache.view_content``: (m, V, d). The cache's are the float16 of the vectors training
+    used; computed again (block 5 fine-tuned) they come from the float16 block-4 views."""
+    if _cached_features_are_the_models(model, cache):
+        return cache.view_features[at].astype(np.float32)
+    return cached_view_features(model, cache.view_activations[at], batch_size)
 
 
 def content_probabilities(

@@ -228,7 +228,8 @@ def cached_view_features(
 ) -> np.ndarray:
     """:func:`cached_features` of cached views (N, V, h, w, c): (N, V, d)."""
     flat = view_activations.reshape(-1, *view_activations.shape[2:])
-    return cached_features(model, flat, batch_size).reshape(*view_activations.shape[:2], -1)
+    features = cached_features(model, flat, batch_size)  # (N * V, d); V may be 0
+    return features.reshape(*view_activations.shape[:2], features.shape[-1])
 
 
 def _train_two_phase(

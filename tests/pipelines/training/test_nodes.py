@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 
 from chest_ct_classifier.images.labels import LABELS
-from chest_ct_classifier.model.activation_cache import row_probabilities
+from chest_ct_classifier.model.activation_cache import (
+    cached_view_features,
+    content_view_features,
+    features_fingerprint,
+    row_probabilities,
+)
+from chest_ct_classifier.model.architecture import model_fingerprint
 from chest_ct_classifier.model.calibration import scale_probabilities
 from chest_ct_classifier.model.two_phase_training import scores
 from chest_ct_classifier.pipelines.data_ingestion.nodes import assess_data_quality, index_images
@@ -10,6 +16,7 @@ from chest_ct_classifier.pipelines.training.nodes import (
     cache_activations,
     calibrate_classifier,
     choose_training_schedule,
+    fit_ood_detector,
     train_classifier,
 )
 from tests.conftest import settings
@@ -59,7 +66,7 @@ def schedule(cache, tiny_model):
 
 
 def test_activations_are_cached_once_per_content_with_views_for_train_and_valid(
-    cache, sample_images
+    cache, sample_images, tiny_model
 ):
     n = len(sample_images) + 2
     assert len(cache.path) == len(cache.label) == len(cache.content) == n
@@ -79,6 +86,8 @@ def test_activations_are_cached_once_per_content_with_views_for_train_and_valid(
     assert cache.view_activations.dtype == np.float16
     first = cache.view_content[0]
     assert not np.allclose(cache.view_activations[0, 0], cache.activations[first])
+    # the block 5 that made the head input vectors: later nodes read them while it is the model's
+    assert str(cache.features_fingerprint) == features_fingerprint(tiny_model)
 
 
 def test_schedule_is_chosen_on_a_grouped_hold_out_of_train_and_valid(schedule, cache):
@@ -201,3 +210,32 @@ def test_without_valid_images_nothing_is_calibrated(cache, schedule, tiny_model)
     on_valid = settings("training", {**OVERRIDES, "calibration": {"fit_on": "valid"}})
     model, record = calibrate_classifier(tiny_model, no_valid, schedule[2], on_valid)
     assert model is tiny_model and record["temperature"] == 1.0 and record["fitted_on"] is None
+
+
+def test_a_fine_tuned_block_5_gives_the_detector_its_own_view_vectors(cache, schedule, tiny_model):
+    trained, _ = train_classifier(
+        cache, tiny_model, {"phase1_epochs": 1, "phase2_epochs": 1}, PARAMS
+    )
+    at = np.arange(len(cache.view_content))
+    own = content_view_features(trained, cache, at, 8)
+    np.testing.assert_array_equal(own, cached_view_features(trained, cache.view_activations, 8))
+    assert not np.allclose(own, cache.view_features.astype(np.float32))
+    detector = fit_ood_detector(trained, cache, schedule[2], PARAMS)
+    assert detector.model_fingerprint == model_fingerprint(trained)
+
+
+def test_the_recipe_runs_on_a_cache_without_views(cache, tiny_model):
+    """The default caches no view: (N, 0, ...) arrays, block 5 fine-tuned or not."""
+    no_views = cache.with_rows(
+        view_activations=cache.view_activations[:, :0], view_features=cache.view_features[:, :0]
+    )
+    assert no_views.n_views == 0
+    params = PARAMS.model_copy(update={"heads": 2})
+    chosen, _, holdout = choose_training_schedule(no_views, tiny_model, params)
+    for phase2_epochs in (0, 1):
+        trained, _ = train_classifier(
+            no_views, tiny_model, {"phase1_epochs": 1, "phase2_epochs": phase2_epochs}, params
+        )
+        detector = fit_ood_detector(trained, no_views, holdout, params)
+        assert np.isfinite(detector.threshold)
+    assert chosen["holdout_images"] == len(holdout["paths"])

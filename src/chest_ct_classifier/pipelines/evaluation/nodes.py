@@ -87,8 +87,9 @@ def evaluate_classifier(
     """Metrics of the trained model on each evaluated split present in the data, on the official
     split and on its leak-free subset (images with no exact or near copy in train).
 
-    The trained layers (block 5 and the head) are applied to the cached block-4 activations:
-    the same computation as the whole model on the images, without running VGG16 again. When
+    The head runs on the cache's input vectors (block 5 too, on the cached block-4 activations,
+    when phase 2 fine-tuned it): the same computation as the whole model on the images, without
+    running VGG16 again. When
     training folded a temperature in (``training.calibration.fit_on`` holdout or valid), the
     model serves temperature-scaled probabilities and ``ece_uncalibrated`` is the ECE the same
     model had before; with none (the default) the two are the same number.

@@ -20,11 +20,10 @@ from chest_ct_classifier.images.preprocessing import decode_image, image_to_arra
 from chest_ct_classifier.images.splitting import grouped_split
 from chest_ct_classifier.model.activation_cache import (
     ActivationCache,
-    cached_features_are_the_models,
     cached_images,
-    cached_view_features,
     content_features,
     content_probabilities,
+    content_view_features,
     contents_of,
     features_fingerprint,
 )
@@ -320,7 +319,8 @@ def fit_ood_detector(
     parameters: TrainingParameters,
 ) -> OodDetector:
     """The out-of-distribution detector of the trained model, in its own feature space (the
-    head's input vector, computed from the cached block-4 activations).
+    head's input vector: the cache's, or computed from the cached block-4 activations when
+    phase 2 fine-tuned block 5).
 
     Fitted on the train images (with their augmented views) outside the schedule's grouped
     hold-out; the threshold is set on that hold-out's images, which it never saw (no copy of
@@ -342,11 +342,7 @@ def fit_ood_detector(
     with_views = np.isin(content, cache.view_content)
     if cache.n_views and with_views.any():
         at = np.searchsorted(cache.view_content, content[with_views])
-        views = (  # (m, V, d): the vectors the head was trained on
-            cache.view_features[at].astype(np.float32)
-            if cached_features_are_the_models(model, cache)
-            else cached_view_features(model, cache.view_activations[at], batch)
-        )
+        views = content_view_features(model, cache, at, batch)  # (m, V, d)
         train_features.append(views.reshape(-1, views.shape[-1]))
         train_labels.append(np.repeat(labels[with_views], cache.n_views))
     detector = fit_detector(
