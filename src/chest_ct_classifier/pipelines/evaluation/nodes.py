@@ -89,10 +89,10 @@ def evaluate_classifier(
 
     The head runs on the cache's input vectors (block 5 too, on the cached block-4 activations,
     when phase 2 fine-tuned it): the same computation as the whole model on the images, without
-    running VGG16 again. When
-    training folded a temperature in (``training.calibration.fit_on`` holdout or valid), the
-    model serves temperature-scaled probabilities and ``ece_uncalibrated`` is the ECE the same
-    model had before; with none (the default) the two are the same number.
+    running VGG16 again. When training folded a temperature in (``training.calibration.fit_on``
+    holdout or valid), the model serves temperature-scaled probabilities and
+    ``ece_uncalibrated`` is the ECE the same model had before; with none (the default) the two
+    are the same number.
     """
     batch_size = parameters.batch_size
     n_bins = parameters.calibration_bins
