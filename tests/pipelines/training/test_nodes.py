@@ -65,6 +65,13 @@ def schedule(cache, tiny_model):
     return choose_training_schedule(cache, tiny_model, PARAMS)
 
 
+@pytest.fixture(scope="module")
+def refit(cache, schedule, tiny_model):
+    """The refit with 2 head epochs and 1 of block 5: block 5 fine-tuned."""
+    chosen = {**schedule[0], "phase1_epochs": 2, "phase2_epochs": 1}
+    return train_classifier(cache, tiny_model, chosen, PARAMS)
+
+
 def test_activations_are_cached_once_per_content_with_views_for_train_and_valid(
     cache, sample_images, tiny_model
 ):
@@ -116,9 +123,8 @@ def test_test_images_never_influence_the_schedule(cache, schedule, tiny_model):
     assert all(np.isfinite(r["value"]) for values in history.values() for r in values)
 
 
-def test_refit_trains_on_train_for_the_scheduled_epochs(cache, schedule, tiny_model):
-    chosen = {**schedule[0], "phase1_epochs": 2, "phase2_epochs": 1}
-    trained, history = train_classifier(cache, tiny_model, chosen, PARAMS)
+def test_refit_trains_on_train_for_the_scheduled_epochs(refit, tiny_model):
+    trained, history = refit
     assert [r["step"] for r in history["phase1_train_loss"]] == [1, 2]
     assert [r["step"] for r in history["phase2_valid_accuracy"]] == [1]
     assert not trained.get_layer("block5_conv1").trainable
@@ -212,10 +218,8 @@ def test_without_valid_images_nothing_is_calibrated(cache, schedule, tiny_model)
     assert model is tiny_model and record["temperature"] == 1.0 and record["fitted_on"] is None
 
 
-def test_a_fine_tuned_block_5_gives_the_detector_its_own_view_vectors(cache, schedule, tiny_model):
-    trained, _ = train_classifier(
-        cache, tiny_model, {"phase1_epochs": 1, "phase2_epochs": 1}, PARAMS
-    )
+def test_a_fine_tuned_block_5_gives_the_detector_its_own_view_vectors(cache, schedule, refit):
+    trained, _ = refit
     at = np.arange(len(cache.view_content))
     own = content_view_features(trained, cache, at, 8)
     np.testing.assert_array_equal(own, cached_view_features(trained, cache.view_activations, 8))
