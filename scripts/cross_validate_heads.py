@@ -14,7 +14,8 @@ accuracy, macro-F1, log-loss and ECE, before and after the temperature, and ECE 
 cross-fitted temperature: one fitted to the other folds' held-out answers (what a calibration
 set of answers of refit models, a k-fold schedule, would give). Block-5 fine-tuning follows
 ``training.phase2`` (off by default); ``--phase2-max-epochs 6`` tries it, each fold's hold-out
-choosing how many epochs to keep.
+choosing how many epochs to keep. ``--label-smoothing 0`` tries the training without label
+smoothing; ``--seed`` draws other folds.
 Results: ``data/08_reporting/cross_validation.{json,md}``.
 """
 
@@ -54,13 +55,17 @@ METRICS = (
 )  # fmt: skip
 
 
-def project_training_parameters(phase2_max_epochs: int | None = None) -> TrainingParameters:
-    """conf/base's training parameters, ``training.phase2.max_epochs`` replaced when given,
-    validated as a run validates them."""
+def project_training_parameters(
+    phase2_max_epochs: int | None = None, label_smoothing: float | None = None
+) -> TrainingParameters:
+    """conf/base's training parameters, ``training.phase2.max_epochs`` and
+    ``training.label_smoothing`` replaced when given, validated as a run validates them."""
     loader = OmegaConfigLoader(str(PROJECT / "conf"), base_env="base", default_run_env="base")
     parameters = dict(loader["parameters"])
     if phase2_max_epochs is not None:
         parameters["training"]["phase2"]["max_epochs"] = phase2_max_epochs
+    if label_smoothing is not None:
+        parameters["training"]["label_smoothing"] = label_smoothing
     return validate_parameters(parameters).training
 
 
@@ -182,6 +187,7 @@ def cross_validate(
         "folds": folds,
         "seed": seed,
         "phase2_max_epochs": parameters.phase2.max_epochs,
+        "label_smoothing": parameters.label_smoothing,
         "summary": summary,
         "per_fold": results,
     }
@@ -215,12 +221,17 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         type=int,
         help="block-5 fine-tuning epochs to try (default: the project's training.phase2)",
     )
+    parser.add_argument(
+        "--label-smoothing",
+        type=float,
+        help="label smoothing to try (default: the project's training.label_smoothing)",
+    )
     parser.add_argument("--report", type=Path, default=REPORT)
     args = parser.parse_args(argv)
     for path in (args.cache, args.model):
         if not path.exists():
             parser.error(f"{path} does not exist: run `kedro run` first (it writes both)")
-    parameters = project_training_parameters(args.phase2_max_epochs)
+    parameters = project_training_parameters(args.phase2_max_epochs, args.label_smoothing)
     cache = ActivationCacheDataset(str(args.cache)).load()
     model = keras.saving.load_model(args.model, compile=False)
     report = cross_validate(cache, model, parameters, args.heads, args.folds, args.seed)

@@ -62,6 +62,7 @@ def test_a_value_outside_its_allowed_set_names_the_key_the_value_and_the_choices
         ("early_stopping.monitor", "auc", "= 'auc': Input should be 'loss' or 'macro_f1'"),
         ("class_weights", "balance", "= 'balance': Input should be 'balanced' or 'none'"),
         ("calibration.fit_on", "test", "= 'test': Input should be 'none', 'holdout' or 'valid'"),
+        ("label_smoothing", 1.0, "= 1.0: Input should be less than 1"),
     ],
 )
 def test_training_choices_are_checked(key_path, value, expected):

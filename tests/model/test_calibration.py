@@ -4,8 +4,10 @@ import pytest
 from chest_ct_classifier.model.calibration import (
     apply_temperature,
     calibration_loss,
+    ece_if_calibrated,
     expected_calibration_error,
     fit_temperature,
+    reliability_bands,
     reliability_bins,
     scale_probabilities,
 )
@@ -52,6 +54,55 @@ def test_ece_of_a_known_case():
     )
     bins = reliability_bins(probabilities, labels, n_bins=10)
     assert sum(bins["count"]) == 4 and bins["accuracy"][8] == 0.5
+
+
+def test_chance_is_told_from_miscalibration(overconfident):
+    probabilities, labels = overconfident
+    rng = np.random.default_rng(2)
+    floors = []
+    for n in (150, 2000):
+        # right with their own probabilities: calibrated by construction, yet ECE is not 0
+        drawn = np.array([rng.choice(4, p=p) for p in probabilities[:n]])
+        ece = expected_calibration_error(probabilities[:n], drawn)
+        calibrated = ece_if_calibrated(probabilities[:n], drawn)
+        assert 0.0 < ece <= calibrated["high"] and calibrated["p_value"] > 0.05
+        # the model that is too sure (true T = 3) is caught
+        too_sure = ece_if_calibrated(probabilities[:n], labels[:n])
+        assert too_sure["p_value"] < 0.01
+        assert expected_calibration_error(probabilities[:n], labels[:n]) > too_sure["high"]
+        # the same draws whatever the labels: only the confidences matter
+        assert too_sure["mean"] == calibrated["mean"]
+        floors.append(calibrated["mean"])
+    assert floors[1] < floors[0] / 2  # the chance floor shrinks with the number of images
+
+
+def test_an_exactly_calibrated_answer_set_ties_with_every_draw_like_it():
+    # 10 answers at 0.7, 7 right: calibrated to the last digit, in float32 as models answer
+    probabilities = np.tile([0.7, 0.1, 0.1, 0.1], (10, 1))
+    labels = np.array([0] * 7 + [1] * 3)
+    for dtype in (np.float32, np.float64):
+        result = ece_if_calibrated(probabilities.astype(dtype), labels, resamples=500)
+        assert result["p_value"] == 1.0
+        assert expected_calibration_error(probabilities.astype(dtype), labels) < 1e-7
+    # all sure and right: ECE 0, and p counts the observation itself, so it is never 0
+    sure = np.eye(4)[[0, 1, 2, 3]]
+    assert ece_if_calibrated(sure, np.arange(4))["p_value"] == 1.0
+    assert ece_if_calibrated(sure, np.array([1, 2, 3, 0]), resamples=99)["p_value"] == 0.01
+
+
+def test_reliability_bands_follow_the_bins_and_the_binomial():
+    probabilities = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.4, 0.6]])
+    labels = np.array([0, 1, 0, 1])
+    bands = reliability_bands(probabilities, n_bins=10, seed=3)
+    filled = [i for i, n in enumerate(reliability_bins(probabilities, labels, 10)["count"]) if n]
+    assert filled == [5, 8]
+    assert [i for i in range(10) if bands["low"][i] is not None] == filled
+    assert [i for i in range(10) if bands["high"][i] is not None] == filled
+    # two answers at 0.9: both right 81 %, one 18 %, none 1 % of the time
+    assert (bands["low"][8], bands["high"][8]) == (0.5, 1.0)
+    # two at 0.6 (bin 5): none right 16 %, one 48 %, both 36 %
+    assert (bands["low"][5], bands["high"][5]) == (0.0, 1.0)
+    assert bands == reliability_bands(probabilities, n_bins=10, seed=3)
 
 
 def test_temperature_folded_into_the_model_equals_scaled_probabilities(tiny_model):

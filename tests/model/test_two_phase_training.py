@@ -1,3 +1,4 @@
+import keras
 import numpy as np
 import pytest
 
@@ -10,6 +11,7 @@ from chest_ct_classifier.model.architecture import (
 )
 from chest_ct_classifier.model.two_phase_training import (
     CachedImages,
+    _run_phase,
     balanced_class_weights,
     scores,
     train_two_phase,
@@ -148,6 +150,76 @@ def test_training_is_reproducible_with_a_seed(tiny_model, data):
     _, first = train_two_phase(tiny_model, train, PARAMS, monitor=monitor, epochs=(2, 1))
     _, second = train_two_phase(tiny_model, train, PARAMS, monitor=monitor, epochs=(2, 1))
     assert first["phase2"].history == second["phase2"].history
+
+
+def _phase1_weights(model, train, inputs, params, monkeypatch) -> tuple[list, int]:
+    """The head's weights after 3 epochs of ``_run_phase`` on ``inputs``, and its fit calls."""
+    keras.utils.set_random_seed(params.seed)
+    copy = keras.models.clone_model(model)  # the head's layers are the model's: train a copy
+    copy.set_weights(model.get_weights())
+    head = model_after(copy, FEATURE_LAYER)
+    calls = []
+    fit = head.fit
+    monkeypatch.setattr(head, "fit", lambda *a, **k: calls.append(k["epochs"]) or fit(*a, **k))
+    balanced = params.class_weights == "balanced"
+    class_weight = balanced_class_weights(train.labels) if balanced else None
+    _run_phase(
+        "phase 1", head, inputs, train.labels, None, params.phase1, 3, 8, class_weight, "loss",
+        params.label_smoothing,
+    )  # fmt: skip
+    return head.get_weights(), len(calls)
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_without_a_monitor_one_call_gives_the_epoch_by_epoch_weights(
+    tiny_model, monkeypatch, label_smoothing
+):
+    # imbalanced labels, so that the class weights count (balanced ones would all be 1)
+    train = _cached(tiny_model, 16, 0, seed=0)
+    train = CachedImages(train.activations, train.features, np.array([0] * 10 + [1, 2, 3] * 2))
+    params = PARAMS.model_copy(update={"label_smoothing": label_smoothing})
+    at_once, one_call = _phase1_weights(tiny_model, train, train.features, params, monkeypatch)
+    by_epoch, three_calls = _phase1_weights(
+        tiny_model, train, lambda epoch: train.features, params, monkeypatch
+    )
+    assert (one_call, three_calls) == (1, 3)
+    for weight, other in zip(at_once, by_epoch, strict=True):
+        np.testing.assert_array_equal(weight, other)
+
+
+def test_class_weights_count_the_same_with_smoothed_one_hot_targets(tiny_model, monkeypatch):
+    train = _cached(tiny_model, 16, 0, seed=0)
+    train = CachedImages(train.activations, train.features, np.array([0] * 10 + [1, 2, 3] * 2))
+
+    def weights(**update):
+        params = PARAMS.model_copy(update=update)
+        return _phase1_weights(tiny_model, train, train.features, params, monkeypatch)[0]
+
+    sparse, one_hot = weights(label_smoothing=0.0), weights(label_smoothing=1e-7)
+    for weight, other in zip(sparse, one_hot, strict=True):
+        np.testing.assert_allclose(weight, other, rtol=1e-3, atol=1e-5)
+    unweighted = weights(label_smoothing=1e-7, class_weights="none")
+    assert not all(np.allclose(w, u, atol=1e-3) for w, u in zip(one_hot, unweighted, strict=True))
+
+
+def test_label_smoothing_trains_towards_softened_targets(tiny_model, data):
+    """The smoothed targets' own entropy is the lowest loss training can reach; the answers grow
+    less sure than without smoothing."""
+    train, _ = data
+    smoothing = 0.4
+    target = np.full(len(LABELS), smoothing / len(LABELS))
+    target[0] += 1.0 - smoothing
+    floor = -np.sum(target * np.log(target))
+    confidence, losses = {}, {}
+    for value in (0.0, smoothing):
+        params = PARAMS.model_copy(update={"label_smoothing": value})
+        trained, phases = train_two_phase(tiny_model, train, params, epochs=(15, 0))
+        probabilities = np.asarray(model_after(trained, FEATURE_LAYER)(train.features))
+        assert np.mean(probabilities.argmax(axis=1) == train.labels) >= 0.5  # chance: 0.25
+        confidence[value] = probabilities.max(axis=1).mean()
+        losses[value] = [record["train_loss"] for record in phases["phase1"].history]
+    assert min(losses[smoothing]) >= floor > losses[0.0][-1]
+    assert confidence[smoothing] < confidence[0.0] - 0.2
 
 
 def test_without_views_every_epoch_sees_the_originals(tiny_model, data):

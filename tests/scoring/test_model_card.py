@@ -22,20 +22,21 @@ CHOSEN_NONE = {"temperature": 1.0, "fitted_on": "none", "n_images": 0}
 NO_IMAGES = {"temperature": 1.0, "fitted_on": None, "n_images": 0}
 
 
-def _scores(ece: float, ece_uncalibrated: float) -> dict:
+def _scores(ece: float, ece_uncalibrated: float, p_value: float = 0.4) -> dict:
     per_class = {label: {"recall": 0.75, "support": 12} for label in LABELS}
     interval = {"low": 0.6, "high": 0.9}
+    if_calibrated = {"confidence": 0.95, "mean": 0.061, "high": 0.094, "p_value": p_value}
     return {
         "n_images": 48, "accuracy": 0.75, "macro_f1": 0.74, "balanced_accuracy": 0.75,
         "roc_auc": {"macro": 0.9}, "ece": ece, "ece_uncalibrated": ece_uncalibrated,
-        "per_class": per_class,
+        "ece_if_calibrated": if_calibrated, "per_class": per_class,
         "intervals": {"accuracy": interval, "macro_f1": interval, "confidence": 0.95,
                       "recall": dict.fromkeys(LABELS, interval)},
     }  # fmt: skip
 
 
-def _card(calibration: dict, ece: float, ece_uncalibrated: float) -> dict:
-    scores = _scores(ece, ece_uncalibrated)
+def _card(calibration: dict, ece: float, ece_uncalibrated: float, p_value: float = 0.4) -> dict:
+    scores = _scores(ece, ece_uncalibrated, p_value)
     metrics = {
         "weights": {"used": "imagenet"},
         "splits": {"test": scores},
@@ -102,3 +103,24 @@ def test_the_page_shows_the_temperature_or_its_absence(tmp_path):
     del old["calibration_summary"], old["temperature_scaled"]
     page = _page(old, tmp_path)
     assert "Temperature 1.700, fitted on holdout." in page and "0.091 &rarr; 0.052" in page
+
+
+def test_the_card_weighs_the_ece_against_what_chance_alone_would_give(tmp_path):
+    calibrated = _card(CHOSEN_NONE, 0.052, 0.052)
+    text = render_markdown(calibrated)
+    row = "| ECE a calibrated model would read here (share of its draws reading at least the ECE"
+    assert f"{row} above: p = 0.40) | 0.061 | up to 0.094 |" in text
+    assert not any("ECE" in note for note in calibrated["limitations"])
+    page = _page(calibrated, tmp_path)
+    assert "reading at least the ECE above: p = 0.40" in page and "up to 0.094" in page
+    # an ECE a calibrated model would read in under 5 % of draws is a limitation the card names
+    off = _card(CHOSEN_NONE, 0.152, 0.152, p_value=0.001)
+    assert (
+        "On leak-free test the ECE (0.152) is above what a calibrated model would read on 48 "
+        "images (at most 0.094 in 95% of draws; p = 0.001): its probabilities are off there."
+    ) in off["limitations"]
+    # a card written before the check existed (an older registered version) still shows
+    for subset in off["evaluation"].values():
+        for scores in subset.values():
+            del scores["ece_if_calibrated"]
+    assert "ECE (no temperature)" in _page(off, tmp_path)

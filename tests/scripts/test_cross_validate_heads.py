@@ -49,7 +49,7 @@ def test_folds_cover_train_and_valid_and_more_heads_share_the_first_heads_schedu
     report = script.main([
         "--cache", str(folder / "activations.npz"), "--model", str(folder / "untrained.keras"),
         "--heads", "1", "2", "--folds", "2", "--phase2-max-epochs", "0",
-        "--report", str(folder / "report" / "cv"),
+        "--label-smoothing", "0.1", "--report", str(folder / "report" / "cv"),
     ])  # fmt: skip
     pool = np.isin(cache.split, ("train", "valid")) & ~cache.label_conflict
     assert report["images"] == len(np.unique(cache.content[pool]))
@@ -57,6 +57,7 @@ def test_folds_cover_train_and_valid_and_more_heads_share_the_first_heads_schedu
     one, two = report["per_fold"]["1 head"], report["per_fold"]["2 heads"]
     assert [r["phase1_epochs"] for r in one] == [r["phase1_epochs"] for r in two]
     assert all(r["phase2_epochs"] == 0 for r in one)  # --phase2-max-epochs 0
+    assert report["label_smoothing"] == 0.1
     for record in one + two:
         assert 0.0 <= record["accuracy"] <= 1.0 and record["loss"] > 0
         assert 0.0 <= record["ece_cross_fitted"] <= 1.0

@@ -71,6 +71,9 @@ class TrainingParameters(Settings):
     averaged): 1 for a single head."""
     class_weights: Literal["balanced", "none"]
     """balanced weighs every class equally."""
+    label_smoothing: float = Field(ge=0.0, lt=1.0)
+    """Share of each training target spread evenly over the classes (0: the labels as they
+    are)."""
     augmentation: AugmentationSettings
     selection: SelectionSettings
     calibration: CalibrationSettings

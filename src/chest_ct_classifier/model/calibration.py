@@ -6,6 +6,8 @@ log-likelihood on held-out data (Guo et al., 2017). It never changes which class
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 import numpy as np
 from scipy.optimize import minimize_scalar
@@ -47,18 +49,38 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp(result.x))
 
 
-def reliability_bins(probabilities: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict:
-    """Per equal-width confidence bin: mean confidence, accuracy and count (None when empty)."""
-    confidence = probabilities.max(axis=1)
-    correct = probabilities.argmax(axis=1) == labels
+def _binned(probabilities: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each answer's confidence (float64: bin means of float32 would round differently from
+    one computation to the next) and its one-hot equal-width bin, (n,) and (n, n_bins)."""
+    confidence = probabilities.max(axis=1).astype(np.float64)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     bins = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
-    members = [bins == b for b in range(n_bins)]
+    return confidence, np.eye(n_bins)[bins]
+
+
+def _ece(correct: np.ndarray, confidence: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """ECE of (..., n) rows of right/wrong answers, the confidences binned by ``members``."""
+    counts = members.sum(axis=0)
+    filled = counts > 0
+    accuracy = (correct @ members)[..., filled] / counts[filled]
+    gap = np.abs(accuracy - (confidence @ members)[filled] / counts[filled])
+    return (gap * counts[filled]).sum(axis=-1) / len(confidence)
+
+
+def reliability_bins(probabilities: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict:
+    """Per equal-width confidence bin: mean confidence, accuracy and count (None when empty)."""
+    confidence, members = _binned(probabilities, n_bins)
+    correct = (probabilities.argmax(axis=1) == labels).astype(np.float64)
+    counts = members.sum(axis=0)
+
+    def per_bin(totals: np.ndarray) -> list[float | None]:
+        return [float(t / n) if n else None for t, n in zip(totals, counts, strict=True)]
+
     return {
-        "edges": edges.tolist(),
-        "confidence": [float(confidence[m].mean()) if m.any() else None for m in members],
-        "accuracy": [float(correct[m].mean()) if m.any() else None for m in members],
-        "count": [int(m.sum()) for m in members],
+        "edges": np.linspace(0.0, 1.0, n_bins + 1).tolist(),
+        "confidence": per_bin(confidence @ members),
+        "accuracy": per_bin(correct @ members),
+        "count": [int(n) for n in counts],
     }
 
 
@@ -66,17 +88,77 @@ def expected_calibration_error(
     probabilities: np.ndarray, labels: np.ndarray, n_bins: int = 15
 ) -> float:
     """ECE: the gap between confidence and accuracy, averaged over equal-width confidence bins."""
-    bins = reliability_bins(probabilities, labels, n_bins)
-    total = sum(bins["count"])
-    return float(
-        sum(
-            count / total * abs(accuracy - confidence)
-            for count, accuracy, confidence in zip(
-                bins["count"], bins["accuracy"], bins["confidence"], strict=True
-            )
-            if count
-        )
-    )
+    confidence, members = _binned(probabilities, n_bins)
+    correct = (probabilities.argmax(axis=1) == labels).astype(np.float64)
+    return float(_ece(correct, confidence, members))
+
+
+def _calibrated_draws(
+    probabilities: np.ndarray, n_bins: int, resamples: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The confidences, their bins, and ``resamples`` rows of right/wrong answers of a perfectly
+    calibrated model with these confidences: each answer right with its confidence's
+    probability (consistency resampling, Bröcker and Smith, 2007)."""
+    confidence, members = _binned(probabilities, n_bins)
+    rng = np.random.default_rng(seed)
+    right = (rng.random((resamples, len(confidence))) < confidence).astype(np.float64)
+    return confidence, members, right
+
+
+def ece_if_calibrated(
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    n_bins: int = 15,
+    resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The ECE a perfectly calibrated model with the same confidences would read on as many
+    images, and whether the observed one is above it.
+
+    On a few hundred images a calibrated model's ECE is not 0: bins of a few answers miss their
+    confidence by chance. The observed ECE is evidence of miscalibration only where few of the
+    draws read as much.
+
+    Returns:
+        ``{"resamples", "confidence", "mean", "high", "p_value"}``: the draws' mean ECE, the
+        ECE that ``confidence`` of them stay at or below (one-sided: only an excess says the
+        probabilities are off), and the share of draws reading at least the observed ECE,
+        counting the observation itself ((k + 1) / (resamples + 1): never 0).
+    """
+    top, members, right = _calibrated_draws(probabilities, n_bins, resamples, seed)
+    drawn = _ece(right, top, members)
+    correct = (probabilities.argmax(axis=1) == labels).astype(np.float64)
+    observed = _ece(correct, top, members)  # the draws' own arithmetic: ties compare exactly
+    return {
+        "resamples": resamples,
+        "confidence": confidence,
+        "mean": float(drawn.mean()),
+        "high": float(np.percentile(drawn, 100 * confidence)),
+        "p_value": float((np.sum(drawn >= observed) + 1) / (resamples + 1)),
+    }
+
+
+def reliability_bands(
+    probabilities: np.ndarray,
+    n_bins: int = 15,
+    resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, list[float | None]]:
+    """Per confidence bin, the central ``confidence`` range of the accuracy a perfectly
+    calibrated model with these confidences would read (None for an empty bin): a bin's
+    accuracy can miss in either direction."""
+    _, members, right = _calibrated_draws(probabilities, n_bins, resamples, seed)
+    counts = members.sum(axis=0)
+    filled = counts > 0
+    accuracy = (right @ members)[:, filled] / counts[filled]
+    tail = (1.0 - confidence) / 2 * 100
+    low, high = np.percentile(accuracy, [tail, 100 - tail], axis=0)
+    bands: dict[str, list[float | None]] = {"low": [None] * n_bins, "high": [None] * n_bins}
+    for index, bin_low, bin_high in zip(np.flatnonzero(filled), low, high, strict=True):
+        bands["low"][index], bands["high"][index] = float(bin_low), float(bin_high)
+    return bands
 
 
 def apply_temperature(model: keras.Model, temperature: float) -> keras.Model:

@@ -107,6 +107,7 @@ def _scores(metrics: dict[str, Any]) -> dict[str, Any]:
         "roc_auc_macro": metrics["roc_auc"]["macro"],
         "ece": metrics["ece"],
         "ece_uncalibrated": metrics["ece_uncalibrated"],
+        "ece_if_calibrated": metrics["ece_if_calibrated"],
         "recall": {label: metrics["per_class"][label]["recall"] for label in LABELS},
         "recall_interval": intervals.get("recall"),
         "support": {label: metrics["per_class"][label]["support"] for label in LABELS},
@@ -123,6 +124,15 @@ def _measured_limitations(card: dict[str, Any]) -> list[str]:
                 notes.append(
                     f"The {name}{split} set has fewer than 10 images of {', '.join(few)}: "
                     "their recall is known only roughly (see its interval)."
+                )
+            if_calibrated = scores["ece_if_calibrated"]
+            if if_calibrated["p_value"] < 1.0 - if_calibrated["confidence"]:
+                notes.append(
+                    f"On {name}{split} the ECE ({scores['ece']:.3f}) is above what a calibrated "
+                    f"model would read on {scores['n_images']} images (at most "
+                    f"{if_calibrated['high']:.3f} in {_percent(if_calibrated['confidence'])}of "
+                    f"draws; p = {if_calibrated['p_value']:.3f}): its probabilities are off "
+                    "there."
                 )
             interval = scores["accuracy_interval"]
             if interval and interval["high"] - interval["low"] > 0.15:
@@ -211,6 +221,7 @@ def render_markdown(card: dict[str, Any]) -> str:
                 f"| balanced accuracy | {_number(scores['balanced_accuracy'])} | |",
                 f"| ROC-AUC (macro) | {_number(scores['roc_auc_macro'])} | |",
                 _ece_row(scores, card["temperature_scaled"]),
+                _ece_if_calibrated_row(scores["ece_if_calibrated"]),
             ]
             for label in LABELS:
                 interval = (scores["recall_interval"] or {}).get(label)
@@ -271,6 +282,14 @@ def _ece_row(scores: dict[str, Any], scaled: bool) -> str:
             f"{_number(scores['ece'])} | |"
         )
     return f"| ECE (no temperature) | {_number(scores['ece'])} | |"
+
+
+def _ece_if_calibrated_row(if_calibrated: dict[str, Any]) -> str:
+    return (
+        "| ECE a calibrated model would read here (share of its draws reading at least the ECE "
+        f"above: p = {if_calibrated['p_value']:.2f}) | {_number(if_calibrated['mean'])} | "
+        f"up to {_number(if_calibrated['high'])} |"
+    )
 
 
 def _seed_spread_lines(spread: dict[str, Any] | None) -> list[str]:

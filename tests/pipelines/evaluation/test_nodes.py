@@ -88,10 +88,22 @@ def test_mlflow_metrics_are_flat_scalars(tiny_model, cache):
     assert "valid_leak_free_macro_f1" in flat
     assert flat["temperature"]["value"] == 2.0
     assert "test_leak_free_ece_uncalibrated" in flat
+    if_calibrated = report["splits"]["test"]["ece_if_calibrated"]
+    assert 0.0 < if_calibrated["p_value"] <= 1.0
+    assert flat["test_ece_p_value"]["value"] == if_calibrated["p_value"]
+    assert flat["test_ece_if_calibrated_mean"]["value"] == if_calibrated["mean"]
+    assert "valid_leak_free_ece_if_calibrated_high" in flat
     figure = plot_reliability_diagrams(report)
     assert len(figure.axes) == 2
     labels = [line.get_label() for line in figure.axes[0].get_lines()]
     assert any(label.startswith("uncalibrated (ECE") for label in labels)
+    # the served curve's bins each have the range a calibrated model's accuracy would fall in
+    served = report["reliability"]["valid"]["calibrated"]
+    band = report["reliability"]["valid"]["if_calibrated"]
+    assert [low is not None for low in band["low"]] == [n > 0 for n in served["count"]]
+    (bars,) = figure.axes[0].collections
+    assert bars.get_label().startswith("a calibrated model's 95% range (ECE")
+    assert len(bars.get_segments()) == sum(n > 0 for n in served["count"])
     plt.close(figure)
 
 

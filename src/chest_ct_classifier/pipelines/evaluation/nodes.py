@@ -40,7 +40,9 @@ from chest_ct_classifier.model.architecture import (
 from chest_ct_classifier.model.batches import map_batches
 from chest_ct_classifier.model.calibration import (
     apply_temperature,
+    ece_if_calibrated,
     expected_calibration_error,
+    reliability_bands,
     reliability_bins,
     scale_probabilities,
 )
@@ -92,10 +94,15 @@ def evaluate_classifier(
     running VGG16 again. When training folded a temperature in (``training.calibration.fit_on``
     holdout or valid), the model serves temperature-scaled probabilities and
     ``ece_uncalibrated`` is the ECE the same model had before; with none (the default) the two
-    are the same number.
+    are the same number. ``ece_if_calibrated`` is what a perfectly calibrated model with the
+    same confidences would read on as many images, and how often it would read as much
+    (``p_value``): on a few hundred images ECE is never 0, and only its excess says the
+    probabilities are off.
     """
     batch_size = parameters.batch_size
     n_bins = parameters.calibration_bins
+    bootstrap = parameters.bootstrap
+    resampling = (bootstrap.resamples, bootstrap.confidence, bootstrap.seed)
     temperature = float(calibration["temperature"])
     scaled = temperature_scaled(calibration)
     report: dict[str, Any] = {
@@ -127,11 +134,10 @@ def evaluate_classifier(
                 uncalibrated[mask], labels[mask], n_bins
             )
             metrics["intervals"] = bootstrap_intervals(
-                labels[mask],
-                probabilities[mask],
-                parameters.bootstrap.resamples,
-                parameters.bootstrap.confidence,
-                parameters.bootstrap.seed,
+                labels[mask], probabilities[mask], *resampling
+            )
+            metrics["ece_if_calibrated"] = ece_if_calibrated(
+                probabilities[mask], labels[mask], n_bins, *resampling
             )
             report[subset][split] = metrics
             logger.info(
@@ -144,6 +150,8 @@ def evaluate_classifier(
         report["reliability"][split] = {
             "calibrated": reliability_bins(probabilities, labels, n_bins),
             "uncalibrated": reliability_bins(uncalibrated, labels, n_bins),
+            # what each bin's accuracy would read if the served probabilities were calibrated
+            "if_calibrated": reliability_bands(probabilities, n_bins, *resampling),
         }
     if not report["splits"]:
         raise ValueError("no valid or test images to evaluate on")
@@ -368,6 +376,10 @@ def metrics_for_mlflow(report: dict[str, Any]) -> dict[str, dict[str, float]]:
         for label, auc in roc_auc["per_class"].items():
             if auc is not None:
                 flat[f"{name}_roc_auc_{label}"] = auc
+        if_calibrated = metrics["ece_if_calibrated"]
+        flat[f"{name}_ece_if_calibrated_mean"] = if_calibrated["mean"]
+        flat[f"{name}_ece_if_calibrated_high"] = if_calibrated["high"]
+        flat[f"{name}_ece_p_value"] = if_calibrated["p_value"]
         intervals = metrics.get("intervals", {})
         for key in ("accuracy", "macro_f1"):
             if intervals.get(key):
@@ -496,7 +508,8 @@ def plot_roc_curves(report: dict[str, Any]) -> plt.Figure:
 
 def plot_reliability_diagrams(report: dict[str, Any]) -> plt.Figure:
     """Reliability diagram per evaluated split: accuracy against confidence, before and after
-    temperature scaling; the diagonal is perfect calibration."""
+    temperature scaling; the diagonal is perfect calibration, and the grey bars are where a
+    perfectly calibrated model's accuracy would fall in each bin on this many images."""
     splits = list(report["reliability"])
     figure, axes = plt.subplots(1, len(splits), figsize=(6 * len(splits), 5.5), squeeze=False)
     scaled = temperature_scaled(report["calibration"])
@@ -508,6 +521,20 @@ def plot_reliability_diagrams(report: dict[str, Any]) -> plt.Figure:
     )
     for axis, split in zip(axes[0], splits, strict=True):
         axis.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
+        served = report["reliability"][split]["calibrated"]
+        band = report["reliability"][split]["if_calibrated"]
+        drawn = [(c, low, high) for c, low, high in zip(served["confidence"], band["low"],
+                 band["high"], strict=True) if c is not None]  # fmt: skip
+        if_calibrated = report["splits"][split]["ece_if_calibrated"]
+        axis.vlines(
+            [c for c, _, _ in drawn],
+            [low for _, low, _ in drawn],
+            [high for _, _, high in drawn],
+            color="lightgrey",
+            linewidth=6,
+            label=f"a calibrated model's {if_calibrated['confidence']:.0%} range "
+            f"(ECE {if_calibrated['mean']:.3f}, p = {if_calibrated['p_value']:.2f})",
+        )
         for kind, style, name in curves:
             bins = report["reliability"][split][kind]
             points = [(c, a) for c, a in zip(bins["confidence"], bins["accuracy"], strict=True)
