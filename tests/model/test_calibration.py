@@ -90,6 +90,36 @@ def test_an_exactly_calibrated_answer_set_ties_with_every_draw_like_it():
     assert ece_if_calibrated(sure, np.array([1, 2, 3, 0]), resamples=99)["p_value"] == 0.01
 
 
+def test_answers_equal_to_a_draw_tie_with_it_over_many_bins():
+    confidence = np.random.default_rng(1).uniform(0.26, 1.0, 200)  # most of 15 bins filled
+    probabilities = np.stack([confidence, *[(1 - confidence) / 3] * 3], axis=1)
+    right = np.random.default_rng(0).random((50, 200)) < confidence  # the function's draws
+    eces = [expected_calibration_error(probabilities, np.where(r, 0, 1)) for r in right]
+    worst = int(np.argmax(eces))  # only this draw (and its copies) reads as much
+    result = ece_if_calibrated(probabilities, np.where(right[worst], 0, 1), resamples=50)
+    assert result["p_value"] >= 2 / 51
+
+
+def test_the_level_of_the_calibrated_models_ece_and_bands():
+    # 100 answers at 0.8 in one bin: ECE = |K / 100 - 0.8| with K ~ Binomial(100, 0.8);
+    # P(|K - 80| <= 8) = 0.967 and P(|K - 80| <= 7) = 0.941, so 95 % of draws read at most 0.08
+    probabilities = np.tile([0.8, 0.2 / 3, 0.2 / 3, 0.2 / 3], (100, 1))
+    labels = np.r_[np.zeros(80), np.ones(20)].astype(int)  # 80 right: ECE 0
+    result = ece_if_calibrated(probabilities, labels, resamples=4000)
+    assert result["high"] == pytest.approx(0.08)
+    assert not result["above"] and result["p_value"] == 1.0
+    wrong = ece_if_calibrated(probabilities, np.r_[np.zeros(60), np.ones(40)].astype(int))
+    assert wrong["above"] and wrong["p_value"] == 1 / 1001
+    # the accuracy's central 95 %: K from 72 to 87 (P(K < 72) = 0.022, P(K > 87) = 0.026)
+    bands = reliability_bands(probabilities, resamples=4000)
+    assert (bands["low"][11], bands["high"][11]) == pytest.approx((0.72, 0.88), abs=0.011)
+    # other bins, other seeds: the same answers binned by 10 read their own figures
+    assert ece_if_calibrated(probabilities, labels, n_bins=10)["p_value"] == 1.0
+    assert reliability_bands(probabilities, n_bins=10, seed=1)["low"][7] is not None
+    with pytest.raises(ValueError, match="no answers"):
+        ece_if_calibrated(probabilities[:0], labels[:0])
+
+
 def test_reliability_bands_follow_the_bins_and_the_binomial():
     probabilities = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.4, 0.6]])
     labels = np.array([0, 1, 0, 1])

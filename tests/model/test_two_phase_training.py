@@ -11,6 +11,7 @@ from chest_ct_classifier.model.architecture import (
 )
 from chest_ct_classifier.model.two_phase_training import (
     CachedImages,
+    PhaseResult,
     _run_phase,
     balanced_class_weights,
     scores,
@@ -152,8 +153,9 @@ def test_training_is_reproducible_with_a_seed(tiny_model, data):
     assert first["phase2"].history == second["phase2"].history
 
 
-def _phase1_weights(model, train, inputs, params, monkeypatch) -> tuple[list, int]:
-    """The head's weights after 3 epochs of ``_run_phase`` on ``inputs``, and its fit calls."""
+def _phase1_weights(model, train, inputs, params, monkeypatch) -> tuple[list, int, PhaseResult]:
+    """The head's weights after 3 epochs of ``_run_phase`` on ``inputs``, its fit calls and
+    the phase's result."""
     keras.utils.set_random_seed(params.seed)
     copy = keras.models.clone_model(model)  # the head's layers are the model's: train a copy
     copy.set_weights(model.get_weights())
@@ -163,11 +165,11 @@ def _phase1_weights(model, train, inputs, params, monkeypatch) -> tuple[list, in
     monkeypatch.setattr(head, "fit", lambda *a, **k: calls.append(k["epochs"]) or fit(*a, **k))
     balanced = params.class_weights == "balanced"
     class_weight = balanced_class_weights(train.labels) if balanced else None
-    _run_phase(
+    result = _run_phase(
         "phase 1", head, inputs, train.labels, None, params.phase1, 3, 8, class_weight, "loss",
         params.label_smoothing,
     )  # fmt: skip
-    return head.get_weights(), len(calls)
+    return head.get_weights(), len(calls), result
 
 
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
@@ -178,13 +180,19 @@ def test_without_a_monitor_one_call_gives_the_epoch_by_epoch_weights(
     train = _cached(tiny_model, 16, 0, seed=0)
     train = CachedImages(train.activations, train.features, np.array([0] * 10 + [1, 2, 3] * 2))
     params = PARAMS.model_copy(update={"label_smoothing": label_smoothing})
-    at_once, one_call = _phase1_weights(tiny_model, train, train.features, params, monkeypatch)
-    by_epoch, three_calls = _phase1_weights(
+    at_once, one_call, whole = _phase1_weights(
+        tiny_model, train, train.features, params, monkeypatch
+    )
+    by_epoch, three_calls, looped = _phase1_weights(
         tiny_model, train, lambda epoch: train.features, params, monkeypatch
     )
     assert (one_call, three_calls) == (1, 3)
     for weight, other in zip(at_once, by_epoch, strict=True):
         np.testing.assert_array_equal(weight, other)
+    # heads 2-5 are trained only when the first head kept an epoch: best_epoch must say so
+    for result in (whole, looped):
+        assert (result.epochs_run, result.best_epoch, len(result.history)) == (3, 3, 3)
+    assert whole.history == looped.history
 
 
 def test_class_weights_count_the_same_with_smoothed_one_hot_targets(tiny_model, monkeypatch):
@@ -213,12 +221,15 @@ def test_label_smoothing_trains_towards_softened_targets(tiny_model, data):
     confidence, losses = {}, {}
     for value in (0.0, smoothing):
         params = PARAMS.model_copy(update={"label_smoothing": value})
-        trained, phases = train_two_phase(tiny_model, train, params, epochs=(15, 0))
-        probabilities = np.asarray(model_after(trained, FEATURE_LAYER)(train.features))
+        trained, phases = train_two_phase(tiny_model, train, params, epochs=(15, 2))
+        losses[f"phase 2, {value}"] = [r["train_loss"] for r in phases["phase2"].history]
+        probabilities = np.asarray(model_after(trained, CACHED_LAYER)(train.activations))
         assert np.mean(probabilities.argmax(axis=1) == train.labels) >= 0.5  # chance: 0.25
         confidence[value] = probabilities.max(axis=1).mean()
         losses[value] = [record["train_loss"] for record in phases["phase1"].history]
     assert min(losses[smoothing]) >= floor > losses[0.0][-1]
+    # block 5's phase trains against the smoothed targets too
+    assert min(losses[f"phase 2, {smoothing}"]) >= floor > losses["phase 2, 0.0"][-1]
     assert confidence[smoothing] < confidence[0.0] - 0.2
 
 

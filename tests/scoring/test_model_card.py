@@ -25,7 +25,8 @@ NO_IMAGES = {"temperature": 1.0, "fitted_on": None, "n_images": 0}
 def _scores(ece: float, ece_uncalibrated: float, p_value: float = 0.4) -> dict:
     per_class = {label: {"recall": 0.75, "support": 12} for label in LABELS}
     interval = {"low": 0.6, "high": 0.9}
-    if_calibrated = {"confidence": 0.95, "mean": 0.061, "high": 0.094, "p_value": p_value}
+    if_calibrated = {"confidence": 0.95, "mean": 0.061, "high": 0.094, "p_value": p_value,
+                     "above": p_value < 0.05}  # fmt: skip
     return {
         "n_images": 48, "accuracy": 0.75, "macro_f1": 0.74, "balanced_accuracy": 0.75,
         "roc_auc": {"macro": 0.9}, "ece": ece, "ece_uncalibrated": ece_uncalibrated,
@@ -108,16 +109,17 @@ def test_the_page_shows_the_temperature_or_its_absence(tmp_path):
 def test_the_card_weighs_the_ece_against_what_chance_alone_would_give(tmp_path):
     calibrated = _card(CHOSEN_NONE, 0.052, 0.052)
     text = render_markdown(calibrated)
-    row = "| ECE a calibrated model would read here (share of its draws reading at least the ECE"
-    assert f"{row} above: p = 0.40) | 0.061 | up to 0.094 |" in text
+    row = "| ECE a calibrated model would read here (p = 0.400: its draws reading at least the"
+    assert f"{row} served ECE, the observation counted) | 0.061 | up to 0.094 |" in text
     assert not any("ECE" in note for note in calibrated["limitations"])
     page = _page(calibrated, tmp_path)
-    assert "reading at least the ECE above: p = 0.40" in page and "up to 0.094" in page
+    assert "(p = 0.400: its draws reading at least the served ECE" in page
+    assert "up to 0.094" in page
     # an ECE a calibrated model would read in under 5 % of draws is a limitation the card names
     off = _card(CHOSEN_NONE, 0.152, 0.152, p_value=0.001)
     assert (
-        "On leak-free test the ECE (0.152) is above what a calibrated model would read on 48 "
-        "images (at most 0.094 in 95% of draws; p = 0.001): its probabilities are off there."
+        "On leak-free test the ECE (0.152) is more than chance alone explains on 48 images: a "
+        "calibrated model reads at most 0.094 in 95% of draws (p = 0.001)."
     ) in off["limitations"]
     # a card written before the check existed (an older registered version) still shows
     for subset in off["evaluation"].values():

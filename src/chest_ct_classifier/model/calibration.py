@@ -50,8 +50,9 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
 
 
 def _binned(probabilities: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each answer's confidence (float64: bin means of float32 would round differently from
-    one computation to the next) and its one-hot equal-width bin, (n,) and (n, n_bins)."""
+    """Each answer's confidence (float64) and its one-hot equal-width bin, (n,) and (n, n_bins)."""
+    if len(probabilities) == 0:
+        raise ValueError("no answers to bin")
     confidence = probabilities.max(axis=1).astype(np.float64)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     bins = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
@@ -59,7 +60,8 @@ def _binned(probabilities: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndar
 
 
 def _ece(correct: np.ndarray, confidence: np.ndarray, members: np.ndarray) -> np.ndarray:
-    """ECE of (..., n) rows of right/wrong answers, the confidences binned by ``members``."""
+    """ECE of each (rows, n) row of right/wrong answers, the confidences binned by ``members``.
+    Rows of one call are summed alike: equal rows give equal bits."""
     counts = members.sum(axis=0)
     filled = counts > 0
     accuracy = (correct @ members)[..., filled] / counts[filled]
@@ -90,7 +92,7 @@ def expected_calibration_error(
     """ECE: the gap between confidence and accuracy, averaged over equal-width confidence bins."""
     confidence, members = _binned(probabilities, n_bins)
     correct = (probabilities.argmax(axis=1) == labels).astype(np.float64)
-    return float(_ece(correct, confidence, members))
+    return float(_ece(correct[None], confidence, members)[0])
 
 
 def _calibrated_draws(
@@ -121,21 +123,25 @@ def ece_if_calibrated(
     draws read as much.
 
     Returns:
-        ``{"resamples", "confidence", "mean", "high", "p_value"}``: the draws' mean ECE, the
-        ECE that ``confidence`` of them stay at or below (one-sided: only an excess says the
-        probabilities are off), and the share of draws reading at least the observed ECE,
-        counting the observation itself ((k + 1) / (resamples + 1): never 0).
+        ``{"resamples", "confidence", "mean", "high", "p_value", "above"}``: the draws' mean
+        ECE; the ECE that ``confidence`` of them stay at or below (one-sided: only an excess
+        says the probabilities are off); the share of draws reading at least the observed ECE,
+        the observation counted ((k + 1) / (resamples + 1): never 0); and whether the observed
+        ECE is above ``high``.
     """
     top, members, right = _calibrated_draws(probabilities, n_bins, resamples, seed)
-    drawn = _ece(right, top, members)
     correct = (probabilities.argmax(axis=1) == labels).astype(np.float64)
-    observed = _ece(correct, top, members)  # the draws' own arithmetic: ties compare exactly
+    # one call: a draw equal to the observed answers reads the same bits, so ties count
+    observed, *drawn = _ece(np.vstack([correct, right]), top, members)
+    drawn = np.asarray(drawn)
+    high = float(np.percentile(drawn, 100 * confidence))
     return {
         "resamples": resamples,
         "confidence": confidence,
         "mean": float(drawn.mean()),
-        "high": float(np.percentile(drawn, 100 * confidence)),
+        "high": high,
         "p_value": float((np.sum(drawn >= observed) + 1) / (resamples + 1)),
+        "above": bool(observed > high),
     }
 
 

@@ -368,8 +368,8 @@ def _run_phase(
             verbose=0,
         )
         return [
-            {"train_loss": float(loss), "train_accuracy": float(accuracy)}
-            for loss, accuracy in zip(
+            {"train_loss": float(train_loss), "train_accuracy": float(accuracy)}
+            for train_loss, accuracy in zip(
                 fitted.history["loss"], fitted.history["accuracy"], strict=True
             )
         ]
@@ -382,7 +382,10 @@ def _run_phase(
         # epoch either way.
         if max_epochs:
             result.history = fit(inputs, max_epochs)
-            logger.info("%s: %d epochs, %s", name, max_epochs, result.history[-1])
+            logger.info(
+                "%s: %d epochs, the last: %s", name, max_epochs,
+                ", ".join(f"{k}={v:.4f}" for k, v in result.history[-1].items()),
+            )  # fmt: skip
         result.epochs_run = result.best_epoch = max_epochs
         return result
 

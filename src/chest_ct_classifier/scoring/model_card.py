@@ -126,13 +126,12 @@ def _measured_limitations(card: dict[str, Any]) -> list[str]:
                     "their recall is known only roughly (see its interval)."
                 )
             if_calibrated = scores["ece_if_calibrated"]
-            if if_calibrated["p_value"] < 1.0 - if_calibrated["confidence"]:
+            if if_calibrated["above"]:
                 notes.append(
-                    f"On {name}{split} the ECE ({scores['ece']:.3f}) is above what a calibrated "
-                    f"model would read on {scores['n_images']} images (at most "
+                    f"On {name}{split} the ECE ({scores['ece']:.3f}) is more than chance alone "
+                    f"explains on {scores['n_images']} images: a calibrated model reads at most "
                     f"{if_calibrated['high']:.3f} in {_percent(if_calibrated['confidence'])}of "
-                    f"draws; p = {if_calibrated['p_value']:.3f}): its probabilities are off "
-                    "there."
+                    f"draws (p = {if_calibrated['p_value']:.3f})."
                 )
             interval = scores["accuracy_interval"]
             if interval and interval["high"] - interval["low"] > 0.15:
@@ -286,8 +285,9 @@ def _ece_row(scores: dict[str, Any], scaled: bool) -> str:
 
 def _ece_if_calibrated_row(if_calibrated: dict[str, Any]) -> str:
     return (
-        "| ECE a calibrated model would read here (share of its draws reading at least the ECE "
-        f"above: p = {if_calibrated['p_value']:.2f}) | {_number(if_calibrated['mean'])} | "
+        "| ECE a calibrated model would read here (p = "
+        f"{if_calibrated['p_value']:.3f}: its draws reading at least the served ECE, the "
+        f"observation counted) | {_number(if_calibrated['mean'])} | "
         f"up to {_number(if_calibrated['high'])} |"
     )
 
