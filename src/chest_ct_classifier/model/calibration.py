@@ -132,8 +132,8 @@ def ece_if_calibrated(
     top, members, right = _calibrated_draws(probabilities, n_bins, resamples, seed)
     correct = (probabilities.argmax(axis=1) == labels).astype(np.float64)
     # one call: a draw equal to the observed answers reads the same bits, so ties count
-    observed, *drawn = _ece(np.vstack([correct, right]), top, members)
-    drawn = np.asarray(drawn)
+    eces = _ece(np.vstack([correct, right]), top, members)
+    observed, drawn = eces[0], eces[1:]
     high = float(np.percentile(drawn, 100 * confidence))
     return {
         "resamples": resamples,
