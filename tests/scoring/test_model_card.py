@@ -126,3 +126,31 @@ def test_the_card_weighs_the_ece_against_what_chance_alone_would_give(tmp_path):
         for scores in subset.values():
             del scores["ece_if_calibrated"]
     assert "ECE (no temperature)" in _page(off, tmp_path)
+
+
+def _spread(*keys: str) -> dict:
+    values = {"mean": 0.8, "std": 0.05, "min": 0.75, "max": 0.85, "per_seed": [0.75, 0.8, 0.85]}
+    return {"seeds": [42, 43, 44], "served_seed": 42,
+            "subsets": {"test": dict.fromkeys(keys, values)}}  # fmt: skip
+
+
+def test_the_card_spreads_each_classs_recall_over_seeds_and_says_which_class_is_absent(tmp_path):
+    card = _card(CHOSEN_NONE, 0.052, 0.052)
+    present = [label for label in LABELS if label != "normal"]
+    card["seed_spread"] = _spread(
+        "accuracy", "macro_f1", "ece", *(f"recall_{label}" for label in present)
+    )
+    text = render_markdown(card)
+    header = " | ".join(f"recall, {DISPLAY_NAMES[label]}" for label in LABELS)
+    assert f"| images | {header} |" in text
+    cell = "0.800 ± 0.050 (0.750-0.850)"
+    assert f"| test | {cell} | {cell} | n/a | {cell} |" in text
+    page = _page(card, tmp_path)
+    assert 'id="card-seed-spread-recall"' in page
+    assert page.count("0.800 &plusmn; 0.050 (0.750&ndash;0.850)") == 3 + len(present)
+    assert ">n/a</td>" in page
+    # a spread written before recalls were spread (an older registered version): no n/a table
+    card["seed_spread"] = _spread("accuracy", "macro_f1", "ece")
+    assert "recall, Adenocarcinoma |" not in render_markdown(card)
+    assert 'id="card-seed-spread-recall"' not in _page(card, tmp_path)
+    assert 'id="card-seed-spread"' in _page(card, tmp_path)

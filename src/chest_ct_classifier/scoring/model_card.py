@@ -295,6 +295,7 @@ def _ece_if_calibrated_row(if_calibrated: dict[str, Any]) -> str:
 def _seed_spread_lines(spread: dict[str, Any] | None) -> list[str]:
     if not spread:
         return []
+    subsets = spread["subsets"]
     lines = [
         "### Spread over training seeds",
         "",
@@ -302,17 +303,35 @@ def _seed_spread_lines(spread: dict[str, Any] | None) -> list[str]:
         f"served model's is {spread['served_seed']}), the same images, epochs and temperature: "
         "mean ± standard deviation (lowest-highest).",
         "",
-        "| images | accuracy | macro-F1 | ECE |",
-        "|---|---:|---:|---:|",
+        *_spread_table(subsets, {"accuracy": "accuracy", "macro_f1": "macro-F1", "ece": "ECE"}),
     ]
-    for name, scores in spread["subsets"].items():
-        cells = [
-            f"{_number(scores[key]['mean'])} ± {_number(scores[key]['std'])} "
-            f"({_number(scores[key]['min'])}-{_number(scores[key]['max'])})"
-            for key in ("accuracy", "macro_f1", "ece")
+    recalls = {f"recall_{label}": f"recall, {DISPLAY_NAMES[label]}" for label in LABELS}
+    # a report written before per-class recalls were spread has none: no table of n/a
+    if any(key in scores for scores in subsets.values() for key in recalls):
+        lines += [
+            "",
+            "Each class's recall over the same seeds (n/a: no image of that class):",
+            "",
+            *_spread_table(subsets, recalls),
         ]
-        lines.append(f"| {name.replace('_leak_free', ' leak-free')} | " + " | ".join(cells) + " |")
     return [*lines, ""]
+
+
+def _spread_table(subsets: dict[str, Any], columns: dict[str, str]) -> list[str]:
+    lines = ["| images | " + " | ".join(columns.values()) + " |", "|---|" + "---:|" * len(columns)]
+    for name, scores in subsets.items():
+        cells = [_spread_cell(scores.get(key)) for key in columns]
+        lines.append(f"| {name.replace('_leak_free', ' leak-free')} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _spread_cell(values: dict[str, Any] | None) -> str:
+    if values is None:
+        return "n/a"
+    return (
+        f"{_number(values['mean'])} ± {_number(values['std'])} "
+        f"({_number(values['min'])}-{_number(values['max'])})"
+    )
 
 
 def _ood_lines(ood: dict[str, Any] | None) -> list[str]:

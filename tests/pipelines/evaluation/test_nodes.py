@@ -411,6 +411,21 @@ def test_seed_spread_repeats_the_final_training_the_served_seed_first(tiny_model
             assert values["mean"] == pytest.approx(np.mean(values["per_seed"]))
             assert values["std"] == pytest.approx(np.std(values["per_seed"], ddof=1))
             assert values["min"] <= values["mean"] <= values["max"]
+    # each class's recall, where the images hold that class (nothing to spread otherwise):
+    # leak-free valid has no adenocarcinoma (its one is a copy of a train image)
+    assert "recall_adenocarcinoma" not in spread["subsets"]["valid_leak_free"]
+    for name, (subset, split) in {
+        "test": ("splits", "test"), "valid_leak_free": ("leak_free", "valid"),
+    }.items():  # fmt: skip
+        for label, scores in report[subset][split]["per_class"].items():
+            spread_of = spread["subsets"][name].get(f"recall_{label}")
+            if not scores["support"]:
+                assert spread_of is None
+                continue
+            assert spread_of["per_seed"][0] == pytest.approx(scores["recall"], abs=1e-9)
+            assert spread_of["per_seed"][1] == pytest.approx(
+                other[subset][split]["per_class"][label]["recall"], abs=1e-6
+            )
     flat = metrics_for_mlflow(report)
     assert (
         flat["seed_spread.test_accuracy_mean"]["value"]

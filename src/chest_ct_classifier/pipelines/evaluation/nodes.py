@@ -172,6 +172,17 @@ def _scored_subsets(
 
 
 SPREAD_METRICS = ("accuracy", "macro_f1", "ece")
+"""The headline metrics a seed spread reports, beside each class's recall (``recall_<label>``)."""
+
+
+def _spread_scores(metrics: dict[str, Any]) -> dict[str, float]:
+    """The headline metrics and the recall of every class present: a class the images lack
+    has no recall to spread (scikit-learn's 0.0 would read as every one missed)."""
+    scores = {key: float(metrics[key]) for key in SPREAD_METRICS}
+    for label, per_class in metrics["per_class"].items():
+        if per_class["support"]:
+            scores[f"recall_{label}"] = float(per_class["recall"])
+    return scores
 
 
 def measure_seed_spread(
@@ -186,7 +197,8 @@ def measure_seed_spread(
     """How much the headline metrics owe to the training seed: the final training (the same
     images, epochs and temperature as the served model) repeated with the served seed and the
     next ``seed_spread.runs - 1`` integers, each scored on valid and test (and their leak-free
-    subsets). From the cached activations: with the head alone it costs seconds.
+    subsets): accuracy, macro-F1, ECE and each class's recall (``recall_<label>``). From the
+    cached activations: with the head alone it costs seconds.
 
     The served seed's training is ``model`` itself (the candidate, with its temperature if it
     has one), not run again.
@@ -214,9 +226,9 @@ def measure_seed_spread(
             subsets = _scored_subsets(labels, probabilities, leak_free, parameters.calibration_bins)
             for is_leak_free, _, metrics in subsets:
                 name = f"{split}_leak_free" if is_leak_free else split
-                scores = per_seed.setdefault(name, {key: [] for key in SPREAD_METRICS})
-                for key in SPREAD_METRICS:
-                    scores[key].append(float(metrics[key]))
+                scores = per_seed.setdefault(name, {})
+                for key, value in _spread_scores(metrics).items():
+                    scores.setdefault(key, []).append(value)
     spread = {
         name: {
             key: {
