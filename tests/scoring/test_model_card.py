@@ -128,29 +128,64 @@ def test_the_card_weighs_the_ece_against_what_chance_alone_would_give(tmp_path):
     assert "ECE (no temperature)" in _page(off, tmp_path)
 
 
-def _spread(*keys: str) -> dict:
-    values = {"mean": 0.8, "std": 0.05, "min": 0.75, "max": 0.85, "per_seed": [0.75, 0.8, 0.85]}
-    return {"seeds": [42, 43, 44], "served_seed": 42,
-            "subsets": {"test": dict.fromkeys(keys, values)}}  # fmt: skip
+def _spread_values(mean: float) -> dict:
+    return {"mean": mean, "std": 0.05, "min": mean - 0.05, "max": mean + 0.05,
+            "per_seed": [mean - 0.05, mean, mean + 0.05]}  # fmt: skip
 
 
-def test_the_card_spreads_each_classs_recall_over_seeds_and_says_which_class_is_absent(tmp_path):
-    card = _card(CHOSEN_NONE, 0.052, 0.052)
-    present = [label for label in LABELS if label != "normal"]
-    card["seed_spread"] = _spread(
-        "accuracy", "macro_f1", "ece", *(f"recall_{label}" for label in present)
-    )
+def _card_with_spread(spread: dict) -> dict:
+    """A card whose test split holds 12 images of each class and whose leak-free test part
+    holds no adenocarcinoma and 4, 5 and 6 of the others."""
+    leak_free = _scores(0.052, 0.052)
+    leak_free["per_class"] = {
+        label: {"recall": 0.75, "support": 0 if label == "adenocarcinoma" else 3 + i}
+        for i, label in enumerate(LABELS)
+    }
+    metrics = {"weights": {"used": "imagenet"}, "calibration": CHOSEN_NONE,
+               "seed_spread": spread, "splits": {"test": _scores(0.052, 0.052)},
+               "leak_free": {"test": leak_free}}  # fmt: skip
+    return build_model_card("chest-ct-classifier", "f00d", metrics, {}, {}, {}, {})
+
+
+def test_the_card_spreads_each_class_recall_over_seeds_with_its_images(tmp_path):
+    headline = {key: _spread_values(0.7) for key in ("accuracy", "macro_f1", "ece")}
+    recall = {f"recall_{label}": _spread_values(0.8 + i / 100) for i, label in enumerate(LABELS)}
+    # the leak-free part holds no adenocarcinoma: nothing to spread for it there
+    leak_free = {key: v for key, v in recall.items() if key != "recall_adenocarcinoma"}
+    spread = {"seeds": [42, 43, 44], "served_seed": 42,
+              "subsets": {"test": {**headline, **recall},
+                          "test_leak_free": {**headline, **leak_free}}}  # fmt: skip
+    card = _card_with_spread(spread)
     text = render_markdown(card)
     header = " | ".join(f"recall, {DISPLAY_NAMES[label]}" for label in LABELS)
     assert f"| images | {header} |" in text
-    cell = "0.800 ± 0.050 (0.750-0.850)"
-    assert f"| test | {cell} | {cell} | n/a | {cell} |" in text
-    page = _page(card, tmp_path)
-    assert 'id="card-seed-spread-recall"' in page
-    assert page.count("0.800 &plusmn; 0.050 (0.750&ndash;0.850)") == 3 + len(present)
-    assert ">n/a</td>" in page
+    assert (
+        "| test | 0.800 ± 0.050 (0.750-0.850), n = 12 | 0.810 ± 0.050 (0.760-0.860), n = 12 | "
+        "0.820 ± 0.050 (0.770-0.870), n = 12 | 0.830 ± 0.050 (0.780-0.880), n = 12 |"
+    ) in text
+    assert (
+        "| test leak-free | n/a | 0.810 ± 0.050 (0.760-0.860), n = 4 | "
+        "0.820 ± 0.050 (0.770-0.870), n = 5 | 0.830 ± 0.050 (0.780-0.880), n = 6 |"
+    ) in text
+    assert "| test | 0.700 ± 0.050 (0.650-0.750) | 0.700 ± 0.050" in text  # the headline table
+    page = " ".join(_page(card, tmp_path).split())
+    table = page[page.index('id="card-seed-spread-recall"') :]
+    row = table[table.index("<td>test leak-free</td>") :].split("</tr>")[0]
+    cells = row.split('<td class="text-end">')[1:]
+    assert [cell.removesuffix("</td>").strip() for cell in cells] == [
+        "n/a",
+        "0.810 &plusmn; 0.050 (0.760&ndash;0.860), n = 4",
+        "0.820 &plusmn; 0.050 (0.770&ndash;0.870), n = 5",
+        "0.830 &plusmn; 0.050 (0.780&ndash;0.880), n = 6",
+    ]
     # a spread written before recalls were spread (an older registered version): no n/a table
-    card["seed_spread"] = _spread("accuracy", "macro_f1", "ece")
-    assert "recall, Adenocarcinoma |" not in render_markdown(card)
-    assert 'id="card-seed-spread-recall"' not in _page(card, tmp_path)
-    assert 'id="card-seed-spread"' in _page(card, tmp_path)
+    for subset in spread["subsets"].values():
+        for key in recall:
+            subset.pop(key, None)
+    old = _card_with_spread(spread)
+    assert old["seed_spread_recall"] is None
+    text = render_markdown(old)
+    assert "Each class's recall over the same seeds" not in text
+    assert "| test | 0.700 ± 0.050 (0.650-0.750) | 0.700 ± 0.050" in text
+    page = _page(old, tmp_path)
+    assert 'id="card-seed-spread"' in page and 'id="card-seed-spread-recall"' not in page

@@ -77,6 +77,7 @@ def build_model_card(
         "training": {key: training_schedule.get(key) for key in TRAINING_KEYS},
         "evaluation": evaluation,
         "seed_spread": metrics.get("seed_spread"),
+        "seed_spread_recall": _seed_spread_recall(metrics.get("seed_spread"), evaluation),
         "calibration": metrics["calibration"],
         "temperature_scaled": temperature_scaled(metrics["calibration"]),
         "calibration_summary": calibration_summary(metrics["calibration"]),
@@ -113,6 +114,31 @@ def _scores(metrics: dict[str, Any]) -> dict[str, Any]:
         "support": {label: metrics["per_class"][label]["support"] for label in LABELS},
         "interval_confidence": intervals.get("confidence"),
     }
+
+
+def _seed_spread_recall(
+    spread: dict[str, Any] | None, evaluation: dict[str, Any]
+) -> dict[str, dict[str, dict[str, Any] | None]] | None:
+    """Each spread subset's recall of every class over the seeds with the images it rests on
+    (None where the subset holds no image of the class); None for a spread without recalls
+    (written before they were spread)."""
+    subsets = (spread or {}).get("subsets", {})
+    if not any(f"recall_{label}" in scores for scores in subsets.values() for label in LABELS):
+        return None
+    table = {}
+    for name, scores in subsets.items():
+        split = name.removesuffix("_leak_free")
+        support = evaluation["splits" if name == split else "leak_free"][split]["support"]
+        table[name] = {
+            label: {
+                **{key: scores[f"recall_{label}"][key] for key in ("mean", "std", "min", "max")},
+                "n_images": support[label],
+            }
+            if f"recall_{label}" in scores
+            else None
+            for label in LABELS
+        }
+    return table
 
 
 def _measured_limitations(card: dict[str, Any]) -> list[str]:
@@ -229,7 +255,7 @@ def render_markdown(card: dict[str, Any]) -> str:
                     f"{_number(scores['recall'][label])} | {_interval(interval)} |"
                 )
             lines.append("")
-    lines += _seed_spread_lines(card.get("seed_spread"))
+    lines += _seed_spread_lines(card.get("seed_spread"), card.get("seed_spread_recall"))
     calibration = card["calibration"]
     lines += [
         "## Calibration",
@@ -292,10 +318,13 @@ def _ece_if_calibrated_row(if_calibrated: dict[str, Any]) -> str:
     )
 
 
-def _seed_spread_lines(spread: dict[str, Any] | None) -> list[str]:
+def _seed_spread_lines(
+    spread: dict[str, Any] | None, recall: dict[str, dict[str, Any]] | None
+) -> list[str]:
     if not spread:
         return []
-    subsets = spread["subsets"]
+    columns = {"accuracy": "accuracy", "macro_f1": "macro-F1", "ece": "ECE"}
+    headline = {name: [row[key] for key in columns] for name, row in spread["subsets"].items()}
     lines = [
         "### Spread over training seeds",
         "",
@@ -303,35 +332,37 @@ def _seed_spread_lines(spread: dict[str, Any] | None) -> list[str]:
         f"served model's is {spread['served_seed']}), the same images, epochs and temperature: "
         "mean ± standard deviation (lowest-highest).",
         "",
-        *_spread_table(subsets, {"accuracy": "accuracy", "macro_f1": "macro-F1", "ece": "ECE"}),
+        *_spread_table(headline, list(columns.values())),
     ]
-    recalls = {f"recall_{label}": f"recall, {DISPLAY_NAMES[label]}" for label in LABELS}
-    # a report written before per-class recalls were spread has none: no table of n/a
-    if any(key in scores for scores in subsets.values() for key in recalls):
+    if recall:
         lines += [
             "",
-            "Each class's recall over the same seeds (n/a: no image of that class):",
+            "Each class's recall over the same seeds, and the images it rests on (n/a: none):",
             "",
-            *_spread_table(subsets, recalls),
+            *_spread_table(
+                {name: [by_label[label] for label in LABELS] for name, by_label in recall.items()},
+                [f"recall, {DISPLAY_NAMES[label]}" for label in LABELS],
+            ),
         ]
     return [*lines, ""]
 
 
-def _spread_table(subsets: dict[str, Any], columns: dict[str, str]) -> list[str]:
-    lines = ["| images | " + " | ".join(columns.values()) + " |", "|---|" + "---:|" * len(columns)]
-    for name, scores in subsets.items():
-        cells = [_spread_cell(scores.get(key)) for key in columns]
-        lines.append(f"| {name.replace('_leak_free', ' leak-free')} | " + " | ".join(cells) + " |")
+def _spread_table(rows: dict[str, list[dict[str, Any] | None]], columns: list[str]) -> list[str]:
+    lines = ["| images | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for name, cells in rows.items():
+        shown = " | ".join(_spread_cell(values) for values in cells)
+        lines.append(f"| {name.replace('_leak_free', ' leak-free')} | {shown} |")
     return lines
 
 
 def _spread_cell(values: dict[str, Any] | None) -> str:
     if values is None:
         return "n/a"
-    return (
+    cell = (
         f"{_number(values['mean'])} ± {_number(values['std'])} "
         f"({_number(values['min'])}-{_number(values['max'])})"
     )
+    return f"{cell}, n = {values['n_images']}" if "n_images" in values else cell
 
 
 def _ood_lines(ood: dict[str, Any] | None) -> list[str]:

@@ -13,6 +13,7 @@ from chest_ct_classifier.model.activation_cache import (
 from chest_ct_classifier.model.architecture import build_classifier
 from chest_ct_classifier.model.calibration import apply_temperature
 from chest_ct_classifier.pipelines.evaluation.nodes import (
+    _spread_scores,
     evaluate_classifier,
     measure_seed_spread,
     metrics_for_mlflow,
@@ -85,6 +86,11 @@ def test_mlflow_metrics_are_flat_scalars(tiny_model, cache):
     flat = metrics_for_mlflow(report)
     assert flat["valid_accuracy"] == {"value": report["splits"]["valid"]["accuracy"], "step": 0}
     assert "test_recall_squamous_cell_carcinoma" in flat
+    # leak-free valid holds no adenocarcinoma (its one is a copy of a train image): its recall,
+    # precision and F1 are undefined, not 0
+    assert report["leak_free"]["valid"]["per_class"]["adenocarcinoma"]["support"] == 0
+    assert not any(k.startswith("valid_leak_free_") and k.endswith("_adenocarcinoma") for k in flat)
+    assert "valid_recall_adenocarcinoma" in flat
     assert "valid_leak_free_macro_f1" in flat
     assert flat["temperature"]["value"] == 2.0
     assert "test_leak_free_ece_uncalibrated" in flat
@@ -378,6 +384,26 @@ def test_the_ood_detector_is_fitted_on_train_and_measured_on_what_it_never_chose
         measure_ood_detector(other, detector, cache, files, reference.load(), PARAMS)
 
 
+def test_a_seed_spreads_its_headline_metrics_and_the_recall_of_each_class_it_holds():
+    per_class = {
+        "adenocarcinoma": {"precision": 0.9, "recall": 0.5, "f1": 0.64, "support": 8},
+        "large_cell_carcinoma": {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0},
+        "normal": {"precision": 0.6, "recall": 1.0, "f1": 0.75, "support": 3},
+    }
+    metrics = {"accuracy": 0.7, "macro_f1": 0.6, "ece": 0.1, "loss": 0.9, "per_class": per_class}
+    assert _spread_scores(metrics) == {
+        "accuracy": 0.7, "macro_f1": 0.6, "ece": 0.1,
+        "recall_adenocarcinoma": 0.5, "recall_normal": 1.0,
+    }  # fmt: skip
+
+
+def _spread_value(metrics: dict, key: str) -> float:
+    """A seed-spread key's figure in an evaluation's metrics: ``recall_<label>`` is the class's."""
+    if key.startswith("recall_"):
+        return metrics["per_class"][key.removeprefix("recall_")]["recall"]
+    return metrics[key]
+
+
 def test_seed_spread_repeats_the_final_training_the_served_seed_first(tiny_model, cache):
     schedule = {"phase1_epochs": 3, "phase2_epochs": 1}
     training = settings("training", {"batch_size": 4, "seed": 7, "heads": 2})
@@ -401,33 +427,28 @@ def test_seed_spread_repeats_the_final_training_the_served_seed_first(tiny_model
         cache, WEIGHTS, CALIBRATION, OOD, spread, params,
     )  # fmt: skip
     for name, (subset, split) in {
-        "test": ("splits", "test"), "valid_leak_free": ("leak_free", "valid"),
+        "test": ("splits", "test"), "valid": ("splits", "valid"),
+        "valid_leak_free": ("leak_free", "valid"),
     }.items():  # fmt: skip
-        for key in ("accuracy", "macro_f1", "ece"):
+        served, next_one = report[subset][split], other[subset][split]
+        # each class's recall beside the headline metrics, where the images hold the class
+        keys = ["accuracy", "macro_f1", "ece"] + [
+            f"recall_{label}" for label, scores in served["per_class"].items() if scores["support"]
+        ]
+        assert set(spread["subsets"][name]) == set(keys)
+        for key in keys:
             values = spread["subsets"][name][key]
             assert len(values["per_seed"]) == runs
-            assert values["per_seed"][0] == pytest.approx(report[subset][split][key], abs=1e-9)
-            assert values["per_seed"][1] == pytest.approx(other[subset][split][key], abs=1e-6)
+            assert values["per_seed"][0] == pytest.approx(_spread_value(served, key), abs=1e-9)
+            assert values["per_seed"][1] == pytest.approx(_spread_value(next_one, key), abs=1e-6)
             assert values["mean"] == pytest.approx(np.mean(values["per_seed"]))
             assert values["std"] == pytest.approx(np.std(values["per_seed"], ddof=1))
             assert values["min"] <= values["mean"] <= values["max"]
-    # each class's recall, where the images hold that class (nothing to spread otherwise):
-    # leak-free valid has no adenocarcinoma (its one is a copy of a train image)
+    # leak-free valid has no adenocarcinoma (its one is a copy of a train image); valid has one
     assert "recall_adenocarcinoma" not in spread["subsets"]["valid_leak_free"]
-    for name, (subset, split) in {
-        "test": ("splits", "test"), "valid_leak_free": ("leak_free", "valid"),
-    }.items():  # fmt: skip
-        for label, scores in report[subset][split]["per_class"].items():
-            spread_of = spread["subsets"][name].get(f"recall_{label}")
-            if not scores["support"]:
-                assert spread_of is None
-                continue
-            assert spread_of["per_seed"][0] == pytest.approx(scores["recall"], abs=1e-9)
-            assert spread_of["per_seed"][1] == pytest.approx(
-                other[subset][split]["per_class"][label]["recall"], abs=1e-6
-            )
+    assert "recall_adenocarcinoma" in spread["subsets"]["valid"]
     flat = metrics_for_mlflow(report)
-    assert (
-        flat["seed_spread.test_accuracy_mean"]["value"]
-        == spread["subsets"]["test"]["accuracy"]["mean"]
-    )
+    for key in ("accuracy", "recall_adenocarcinoma"):
+        mean = spread["subsets"]["test"][key]["mean"]
+        assert flat[f"seed_spread.test_{key}_mean"]["value"] == mean
+    assert "seed_spread.valid_leak_free_recall_adenocarcinoma_mean" not in flat
