@@ -133,6 +133,14 @@ def _spread_values(mean: float) -> dict:
             "per_seed": [mean - 0.05, mean, mean + 0.05]}  # fmt: skip
 
 
+def _cells(page: str, table_id: str, row: str) -> list[str]:
+    """The cells after the row's name in the page's table of that id, in order."""
+    page = " ".join(page.split())
+    table = page[page.index(f'id="{table_id}"') :].split("</table>")[0]
+    cells = table[table.index(f"<td>{row}</td>") :].split("</tr>")[0]
+    return [cell.removesuffix("</td>").strip() for cell in cells.split('<td class="text-end">')[1:]]
+
+
 def _card_with_spread(spread: dict) -> dict:
     """A card whose test split holds 12 images of each class and whose leak-free test part
     holds no adenocarcinoma and 4, 5 and 6 of the others."""
@@ -148,7 +156,8 @@ def _card_with_spread(spread: dict) -> dict:
 
 
 def test_the_card_spreads_each_class_recall_over_seeds_with_its_images(tmp_path):
-    headline = {key: _spread_values(0.7) for key in ("accuracy", "macro_f1", "ece")}
+    headline = {"accuracy": _spread_values(0.7), "macro_f1": _spread_values(0.6),
+                "ece": _spread_values(0.1)}  # fmt: skip
     recall = {f"recall_{label}": _spread_values(0.8 + i / 100) for i, label in enumerate(LABELS)}
     # the leak-free part holds no adenocarcinoma: nothing to spread for it there
     leak_free = {key: v for key, v in recall.items() if key != "recall_adenocarcinoma"}
@@ -167,12 +176,18 @@ def test_the_card_spreads_each_class_recall_over_seeds_with_its_images(tmp_path)
         "| test leak-free | n/a | 0.810 ± 0.050 (0.760-0.860), n = 4 | "
         "0.820 ± 0.050 (0.770-0.870), n = 5 | 0.830 ± 0.050 (0.780-0.880), n = 6 |"
     ) in text
-    assert "| test | 0.700 ± 0.050 (0.650-0.750) | 0.700 ± 0.050" in text  # the headline table
-    page = " ".join(_page(card, tmp_path).split())
-    table = page[page.index('id="card-seed-spread-recall"') :]
-    row = table[table.index("<td>test leak-free</td>") :].split("</tr>")[0]
-    cells = row.split('<td class="text-end">')[1:]
-    assert [cell.removesuffix("</td>").strip() for cell in cells] == [
+    headline_row = (
+        "| test | 0.700 ± 0.050 (0.650-0.750) | 0.600 ± 0.050 (0.550-0.650) | "
+        "0.100 ± 0.050 (0.050-0.150) |"
+    )
+    assert headline_row in text
+    page = _page(card, tmp_path)
+    assert _cells(page, "card-seed-spread", "test") == [
+        "0.700 &plusmn; 0.050 (0.650&ndash;0.750)",
+        "0.600 &plusmn; 0.050 (0.550&ndash;0.650)",
+        "0.100 &plusmn; 0.050 (0.050&ndash;0.150)",
+    ]
+    assert _cells(page, "card-seed-spread-recall", "test leak-free") == [
         "n/a",
         "0.810 &plusmn; 0.050 (0.760&ndash;0.860), n = 4",
         "0.820 &plusmn; 0.050 (0.770&ndash;0.870), n = 5",
@@ -186,6 +201,6 @@ def test_the_card_spreads_each_class_recall_over_seeds_with_its_images(tmp_path)
     assert old["seed_spread_recall"] is None
     text = render_markdown(old)
     assert "Each class's recall over the same seeds" not in text
-    assert "| test | 0.700 ± 0.050 (0.650-0.750) | 0.700 ± 0.050" in text
+    assert headline_row in text
     page = _page(old, tmp_path)
     assert 'id="card-seed-spread"' in page and 'id="card-seed-spread-recall"' not in page

@@ -374,15 +374,16 @@ def _evaluated(report: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
 
 def metrics_for_mlflow(report: dict[str, Any]) -> dict[str, dict[str, float]]:
     """Flat scalar metrics (``valid_accuracy``, ``test_leak_free_macro_f1``,
-    ``valid_roc_auc_normal``, ...) for MLflow. Undefined figures are not logged: ROC AUCs that
-    are None, and the precision, recall and F1 of a class the subset holds no image of
-    (scikit-learn's 0.0 would read as every one missed)."""
+    ``valid_roc_auc_normal``, ...) for MLflow; undefined ROC AUCs (None) are not logged.
+    Every class's precision, recall and F1 are logged (scikit-learn's 0.0 where undefined):
+    a registered model's measured record (``serving.measured_quality``) reads all four
+    recalls."""
     flat: dict[str, float] = {}
     for name, _, metrics in _evaluated(report):
         for key in ("accuracy", "balanced_accuracy", "macro_f1", "loss", "ece", "ece_uncalibrated"):
             flat[f"{name}_{key}"] = metrics[key]
         for label, scores in metrics["per_class"].items():
-            for key in ("precision", "recall", "f1") if scores["support"] else ():
+            for key in ("precision", "recall", "f1"):
                 flat[f"{name}_{key}_{label}"] = scores[key]
         roc_auc = metrics["roc_auc"]
         if roc_auc["macro"] is not None:
