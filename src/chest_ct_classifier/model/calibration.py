@@ -59,6 +59,11 @@ def _binned(probabilities: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndar
     return confidence, np.eye(n_bins)[bins]
 
 
+def _right(probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """1.0 for each answer whose top class is its label, else 0.0 (float64, as ``_binned``)."""
+    return (probabilities.argmax(axis=1) == labels).astype(np.float64)
+
+
 def _ece(correct: np.ndarray, confidence: np.ndarray, members: np.ndarray) -> np.ndarray:
     """ECE of each (rows, n) row of right/wrong answers, the confidences binned by ``members``.
     Rows of one call are summed alike: equal rows give equal bits."""
@@ -72,7 +77,7 @@ def _ece(correct: np.ndarray, confidence: np.ndarray, members: np.ndarray) -> np
 def reliability_bins(probabilities: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> dict:
     """Per equal-width confidence bin: mean confidence, accuracy and count (None when empty)."""
     confidence, members = _binned(probabilities, n_bins)
-    correct = (probabilities.argmax(axis=1) == labels).astype(np.float64)
+    correct = _right(probabilities, labels)
     counts = members.sum(axis=0)
 
     def per_bin(totals: np.ndarray) -> list[float | None]:
@@ -91,7 +96,7 @@ def expected_calibration_error(
 ) -> float:
     """ECE: the gap between confidence and accuracy, averaged over equal-width confidence bins."""
     confidence, members = _binned(probabilities, n_bins)
-    correct = (probabilities.argmax(axis=1) == labels).astype(np.float64)
+    correct = _right(probabilities, labels)
     return float(_ece(correct[None], confidence, members)[0])
 
 
@@ -130,7 +135,7 @@ def ece_if_calibrated(
         ECE is above ``high``.
     """
     top, members, right = _calibrated_draws(probabilities, n_bins, resamples, seed)
-    correct = (probabilities.argmax(axis=1) == labels).astype(np.float64)
+    correct = _right(probabilities, labels)
     # one call: a draw equal to the observed answers reads the same bits, so ties count
     eces = _ece(np.vstack([correct, right]), top, members)
     observed, drawn = eces[0], eces[1:]
